@@ -1,0 +1,442 @@
+/*
+ * cpu_ops.c - the CPU backend: matrix products on OpenBLAS SGEMM, everything
+ * else as OpenMP loops over rows (or columns for the column statistics).
+ *
+ * BLAS is never called from inside an OpenMP region: OpenBLAS (pthread build)
+ * runs its own threads, and nesting the two oversubscribes the cores. The
+ * attention loops are therefore written by hand (dot products over head_dim),
+ * which costs little next to the projections at the sizes we run.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ap_backend.h"
+#include "ap_math.h"
+
+/* ---- context and memory --------------------------------------------------- */
+
+static int cpu_init(int device, void **state) {
+  *state = NULL;
+  return APK_OK;
+}
+
+static void cpu_shutdown(void *state) {}
+static int cpu_sync(void *state) { return APK_OK; }
+
+static int cpu_alloc(void *state, size_t bytes, void **out) {
+  /* 64-byte alignment for vector loads; size rounded as aligned_alloc wants. */
+  size_t rounded = (bytes + 63) & ~(size_t)63;
+  void *p = aligned_alloc(64, rounded);
+  if (!p) return apk_fail(APK_ENOMEM, "cpu: cannot allocate %zu bytes", bytes);
+  *out = p;
+  return APK_OK;
+}
+
+static void cpu_release(void *state, void *ptr) { free(ptr); }
+
+static int cpu_upload(void *state, void *dst, const void *host, size_t bytes) {
+  if (dst != host) memcpy(dst, host, bytes);
+  return APK_OK;
+}
+
+static int cpu_download(void *state, void *host, const void *src, size_t bytes) {
+  if (host != src) memcpy(host, src, bytes);
+  return APK_OK;
+}
+
+static int cpu_memzero(void *state, void *dst, size_t bytes) {
+  memset(dst, 0, bytes);
+  return APK_OK;
+}
+
+static int cpu_memcopy(void *state, void *dst, const void *src, size_t bytes) {
+  memmove(dst, src, bytes);
+  return APK_OK;
+}
+
+/* ---- transformer ops ---------------------------------------------------------- */
+
+static int cpu_embedding_forward(void *state, float *out, const int32_t *tokens, const float *table, int64_t N,
+                                 int64_t C, int64_t V) {
+  for (int64_t n = 0; n < N; n++)
+    if (tokens[n] < 0 || tokens[n] >= V)
+      return apk_fail(APK_ERANGE, "embedding: token %d at row %lld outside vocabulary of %lld", tokens[n],
+                      (long long)n, (long long)V);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) memcpy(out + n * C, table + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
+  return APK_OK;
+}
+
+static int cpu_rmsnorm_forward(void *state, float *out, float *rstd, const float *inp, const float *weight,
+                               int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const float *x = inp + n * C;
+    float *y = out + n * C;
+    double ss = 0.0;
+    for (int64_t i = 0; i < C; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+    for (int64_t i = 0; i < C; i++) y[i] = (x[i] * r) * weight[i];
+    if (rstd) rstd[n] = r;
+  }
+  return APK_OK;
+}
+
+static int cpu_rmsnorm_backward(void *state, float *dinp, const float *dout, const float *inp, const float *weight,
+                                const float *rstd, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const float *x = inp + n * C, *dy = dout + n * C;
+    float *dx = dinp + n * C;
+    float r = rstd[n];
+    double dot = 0.0;
+    for (int64_t i = 0; i < C; i++) dot += (double)dy[i] * weight[i] * x[i];
+    float k = (float)(dot * (double)r * r * r / (double)C);
+    for (int64_t i = 0; i < C; i++) dx[i] += r * weight[i] * dy[i] - k * x[i];
+  }
+  return APK_OK;
+}
+
+static int cpu_linear_forward(void *state, float *out, const float *inp, const float *weight, const float *bias,
+                              int64_t N, int64_t IC, int64_t OC) {
+  if (N == 0) return APK_OK;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp, (int)IC, weight,
+              (int)IC, 0.0f, out, (int)OC);
+  if (bias) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t o = 0; o < OC; o++) out[n * OC + o] += bias[o];
+  }
+  return APK_OK;
+}
+
+static int cpu_linear_backward(void *state, float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, int64_t N, int64_t IC, int64_t OC) {
+  if (N == 0) return APK_OK;
+  if (dinp)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)IC, (int)OC, 1.0f, dout, (int)OC, weight,
+                (int)IC, 1.0f, dinp, (int)IC);
+  if (dweight)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f, dout, (int)OC, inp,
+                (int)IC, 1.0f, dweight, (int)IC);
+  if (dbias) {
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < OC; o++) {
+      double s = 0.0;
+      for (int64_t n = 0; n < N; n++) s += dout[n * OC + o];
+      dbias[o] += (float)s;
+    }
+  }
+  return APK_OK;
+}
+
+static int cpu_rope(void *state, float *out, const float *inp, const float *cos_t, const float *sin_t, int64_t N,
+                    int64_t H, int64_t D, int64_t T, int sign) {
+  int64_t half = D / 2;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const float *c = cos_t + (n % T) * half, *s = sin_t + (n % T) * half;
+    for (int64_t h = 0; h < H; h++) {
+      const float *x = inp + (n * H + h) * D;
+      float *y = out + (n * H + h) * D;
+      for (int64_t i = 0; i < half; i++) {
+        float o1, o2;
+        apk_rope_rotate(x[i], x[i + half], c[i], sign > 0 ? s[i] : -s[i], &o1, &o2);
+        y[i] = o1;
+        y[i + half] = o2;
+      }
+    }
+  }
+  return APK_OK;
+}
+
+static inline float dotf(const float *a, const float *b, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+static inline void axpyf(float *y, float a, const float *x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* One (window, head, query) row at a time: scores for keys 0..t into a row of
+ * T floats, softmax, weighted sum of values. */
+static int cpu_attention_forward(void *state, float *out, float *lse, const float *q, const float *k, const float *v,
+                                 int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  float scale = 1.0f / sqrtf((float)D);
+  int64_t group = H / KVH;
+  int failed = 0;
+#pragma omp parallel
+  {
+    float *row = malloc((size_t)T * sizeof(float));
+    float *acc = malloc((size_t)D * sizeof(float));
+    if (!row || !acc) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t idx = 0; idx < B * H * T; idx++) {
+      if (!row || !acc) continue;
+      int64_t t = idx % T, h = (idx / T) % H, b = idx / (T * H);
+      int64_t kh = h / group;
+      const float *qv = q + ((b * T + t) * H + h) * D;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j <= t; j++) {
+        float s = dotf(qv, k + ((b * T + j) * KVH + kh) * D, D) * scale;
+        row[j] = s;
+        if (s > mx) mx = s;
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j <= t; j++) {
+        float p = expf(row[j] - mx);
+        row[j] = p;
+        sum += p;
+      }
+      memset(acc, 0, (size_t)D * sizeof(float));
+      for (int64_t j = 0; j <= t; j++) axpyf(acc, row[j], v + ((b * T + j) * KVH + kh) * D, D);
+      float inv = (float)(1.0 / sum);
+      float *o = out + ((b * T + t) * H + h) * D;
+      for (int64_t d = 0; d < D; d++) o[d] = acc[d] * inv;
+      if (lse) lse[(b * H + h) * T + t] = mx + (float)log(sum);
+    }
+    free(row);
+    free(acc);
+  }
+  if (failed) return apk_fail(APK_ENOMEM, "attention: out of memory for a score row");
+  return APK_OK;
+}
+
+/* Parallel over (window, kv head): every query head of a group and every
+ * query row writes into the same dk/dv rows, so one thread owns a group. */
+static int cpu_attention_backward(void *state, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                  const float *k, const float *v, const float *out, const float *lse, int64_t B,
+                                  int64_t T, int64_t H, int64_t KVH, int64_t D) {
+  float scale = 1.0f / sqrtf((float)D);
+  int64_t group = H / KVH;
+  int failed = 0;
+#pragma omp parallel
+  {
+    float *row = malloc((size_t)T * sizeof(float));
+    if (!row) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t idx = 0; idx < B * KVH; idx++) {
+      if (!row) continue;
+      int64_t b = idx / KVH, kh = idx % KVH;
+      for (int64_t h = kh * group; h < (kh + 1) * group; h++) {
+        for (int64_t t = 0; t < T; t++) {
+          const float *qv = q + ((b * T + t) * H + h) * D;
+          const float *go = dout + ((b * T + t) * H + h) * D;
+          const float *o = out + ((b * T + t) * H + h) * D;
+          float *gq = dq + ((b * T + t) * H + h) * D;
+          float l = lse[(b * H + h) * T + t];
+          float delta = dotf(go, o, D);
+          for (int64_t j = 0; j <= t; j++) {
+            const float *kv = k + ((b * T + j) * KVH + kh) * D;
+            const float *vv = v + ((b * T + j) * KVH + kh) * D;
+            float p = expf(dotf(qv, kv, D) * scale - l);
+            float dp = dotf(go, vv, D);
+            row[j] = p * (dp - delta);
+            axpyf(dv + ((b * T + j) * KVH + kh) * D, p, go, D);
+          }
+          for (int64_t j = 0; j <= t; j++) {
+            float ds = row[j] * scale;
+            axpyf(gq, ds, k + ((b * T + j) * KVH + kh) * D, D);
+            axpyf(dk + ((b * T + j) * KVH + kh) * D, ds, qv, D);
+          }
+        }
+      }
+    }
+    free(row);
+  }
+  if (failed) return apk_fail(APK_ENOMEM, "attention backward: out of memory for a score row");
+  return APK_OK;
+}
+
+static int cpu_swiglu_forward(void *state, float *out, const float *gate, const float *up, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) out[i] = apk_silu(gate[i]) * up[i];
+  return APK_OK;
+}
+
+static int cpu_swiglu_backward(void *state, float *dgate, float *dup, const float *dout, const float *gate,
+                               const float *up, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    float g = gate[i], u = up[i], d = dout[i];
+    float dg = d * u * apk_silu_grad(g);
+    float du = d * apk_silu(g);
+    dgate[i] = dg;
+    dup[i] = du;
+  }
+  return APK_OK;
+}
+
+static int cpu_add_inplace(void *state, float *a, const float *b, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) a[i] += b[i];
+  return APK_OK;
+}
+
+static double row_logsumexp(const float *x, int64_t V) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < V; i++)
+    if (x[i] > mx) mx = x[i];
+  double s = 0.0;
+  for (int64_t i = 0; i < V; i++) s += exp((double)(x[i] - mx));
+  return (double)mx + log(s);
+}
+
+static int check_targets(const int32_t *targets, int64_t N, int64_t V) {
+  for (int64_t n = 0; n < N; n++)
+    if (targets[n] >= V)
+      return apk_fail(APK_ERANGE, "cross-entropy: target %d at row %lld outside vocabulary of %lld", targets[n],
+                      (long long)n, (long long)V);
+  return APK_OK;
+}
+
+static int cpu_crossentropy_forward(void *state, float *nll, const float *logits, const int32_t *targets, int64_t N,
+                                    int64_t V) {
+  int rc = check_targets(targets, N, V);
+  if (rc) return rc;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    if (targets[n] < 0) {
+      nll[n] = 0.0f;
+      continue;
+    }
+    const float *x = logits + n * V;
+    nll[n] = (float)(row_logsumexp(x, V) - (double)x[targets[n]]);
+  }
+  return APK_OK;
+}
+
+static int cpu_crossentropy_backward(void *state, float *dlogits, const float *logits, const int32_t *targets,
+                                     int64_t N, int64_t V, float scale) {
+  int rc = check_targets(targets, N, V);
+  if (rc) return rc;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const float *x = logits + n * V;
+    float *d = dlogits + n * V;
+    if (targets[n] < 0) {
+      memset(d, 0, (size_t)V * sizeof(float));
+      continue;
+    }
+    double lse = row_logsumexp(x, V);
+    for (int64_t i = 0; i < V; i++) d[i] = scale * (float)exp((double)x[i] - lse);
+    d[targets[n]] -= scale;
+  }
+  return APK_OK;
+}
+
+static int cpu_nll_window_sums(void *state, double *sums, const float *nll, int64_t B, int64_t T) {
+  for (int64_t b = 0; b < B; b++) {
+    double s = 0.0;
+    for (int64_t t = 0; t < T; t++) s += nll[b * T + t];
+    sums[b] += s;
+  }
+  return APK_OK;
+}
+
+/* ---- pruning statistics and masks --------------------------------------------- */
+
+enum { COLSQ_BLOCK = 256 };
+
+static int cpu_colsumsq_accumulate(void *state, double *acc, const float *inp, int64_t N, int64_t C) {
+  int64_t nblocks = (C + COLSQ_BLOCK - 1) / COLSQ_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    int64_t c0 = blk * COLSQ_BLOCK, c1 = c0 + COLSQ_BLOCK < C ? c0 + COLSQ_BLOCK : C;
+    double local[COLSQ_BLOCK];
+    memset(local, 0, sizeof local);
+    for (int64_t n = 0; n < N; n++) {
+      const float *x = inp + n * C;
+      for (int64_t c = c0; c < c1; c++) local[c - c0] += (double)x[c] * (double)x[c];
+    }
+    for (int64_t c = c0; c < c1; c++) acc[c] += local[c - c0];
+  }
+  return APK_OK;
+}
+
+static int cpu_absgrad_accumulate(void *state, void *acc, apk_dtype acc_dtype, const float *grad, int64_t n) {
+  if (acc_dtype == APK_F64) {
+    double *a = acc;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) a[i] += fabs((double)grad[i]);
+  } else {
+    float *a = acc;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) a[i] += fabsf(grad[i]);
+  }
+  return APK_OK;
+}
+
+/* Originals are often views into an mmap'd safetensors file, whose tensors
+ * need not be aligned to their element size: load through memcpy. */
+static inline float load_orig(const void *orig, apk_dtype dt, int64_t i) {
+  if (dt == APK_F32) {
+    float f;
+    memcpy(&f, (const char *)orig + 4 * i, 4);
+    return f;
+  }
+  uint16_t h;
+  memcpy(&h, (const char *)orig + 2 * i, 2);
+  return dt == APK_BF16 ? apk_bf16_to_f32(h) : apk_f16_to_f32(h);
+}
+
+static int cpu_mask_apply(void *state, float *working, const void *orig, apk_dtype orig_dtype, const uint8_t *mask,
+                          int64_t n) {
+  if (!mask) {
+    if (orig_dtype == APK_F32) {
+      memcpy(working, orig, (size_t)n * sizeof(float));
+      return APK_OK;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) working[i] = load_orig(orig, orig_dtype, i);
+    return APK_OK;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) working[i] = apk_mask_bit(mask, (uint64_t)i) ? 0.0f : load_orig(orig, orig_dtype, i);
+  return APK_OK;
+}
+
+static const apk_backend_ops cpu_ops = {
+    .name = "cpu",
+    .init = cpu_init,
+    .shutdown = cpu_shutdown,
+    .sync = cpu_sync,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .memzero = cpu_memzero,
+    .memcopy = cpu_memcopy,
+    .embedding_forward = cpu_embedding_forward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .linear_forward = cpu_linear_forward,
+    .linear_backward = cpu_linear_backward,
+    .rope = cpu_rope,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .add_inplace = cpu_add_inplace,
+    .crossentropy_forward = cpu_crossentropy_forward,
+    .crossentropy_backward = cpu_crossentropy_backward,
+    .nll_window_sums = cpu_nll_window_sums,
+    .colsumsq_accumulate = cpu_colsumsq_accumulate,
+    .absgrad_accumulate = cpu_absgrad_accumulate,
+    .mask_apply = cpu_mask_apply,
+};
+
+const apk_backend_ops *apk_cpu_backend(void) { return &cpu_ops; }
