@@ -110,8 +110,8 @@ const ap_st_tensor *ap_st_get(const ap_st *st, size_t i);
 const ap_st_tensor *ap_st_find(const ap_st *st, const char *name);
 
 /* Shards: file names relative to the folder ("model.safetensors" or
- * "model-00001-of-00002.safetensors"), in index.json order of first mention
- * (sorted by file name) for sharded folders. Strings owned by st. */
+ * "model-00001-of-00002.safetensors"), listed in index.json,
+ * for sharded folders sorted by file name. Strings owned by st. */
 size_t ap_st_shard_count(const ap_st *st);
 const char *ap_st_shard_name(const ap_st *st, size_t shard);
 
