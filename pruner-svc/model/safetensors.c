@@ -369,8 +369,9 @@ static int load_shard(shard *s, int shard_idx, tensor_list *out, char *err, size
   free(text);
   if (rc) return rc;
 
-  ap_st_tensor *v = out->v + first;
   size_t n = out->n - first;
+  if (n == 0) return 0;
+  ap_st_tensor *v = out->v + first;
   qsort(v, n, sizeof *v, cmp_by_offset);
   const ap_st_tensor *prev = NULL; /* the non-empty tensor reaching furthest so far */
   for (size_t i = 0; i < n; i++) {
