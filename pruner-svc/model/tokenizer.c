@@ -1350,6 +1350,10 @@ static int compile_regex(lctx *L, const char *pat, int literal, pcre2_code **out
   return 0;
 }
 
+/* Rust regex's Unicode \w (UTS #18), which HF uses for single_word; PCRE2's
+ * UCP \w lacks marks and Join_Control. */
+#define RUST_WORD_CLASS "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]"
+
 #define GPT2_REGEX "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
 
 static int push_pre(ap_tokenizer *t, pre_step *st) {
@@ -1886,7 +1890,7 @@ int ap_tokenizer_load_json(const char *json, size_t len, ap_tokenizer **out, cha
   if (normalize_added(t) || build_set(t, &t->raw_set, 0) || build_set(t, &t->norm_set, 1)) goto fail;
   for (size_t i = 0; i < t->n_added; i++) {
     if (!t->added[i].single_word || t->word_re) continue;
-    if ((rc = compile_regex(&L, "\\w", 0, &t->word_re))) goto fail;
+    if ((rc = compile_regex(&L, RUST_WORD_CLASS, 0, &t->word_re))) goto fail;
   }
   cJSON_Delete(root);
   *out = t;
