@@ -83,6 +83,13 @@ ap_rpc_server *ap_rpc_server_new(const ap_rpc_server_config *cfg);
 int ap_rpc_server_add_method(ap_rpc_server *srv, const ProtobufCServiceDescriptor *service,
                              const char *method, ap_rpc_kind kind, ap_rpc_handler fn, void *user);
 
+/*
+ * Bounds the queue of calls waiting for a handler thread (default 1024);
+ * a call arriving when it is full gets RESOURCE_EXHAUSTED at once.
+ * Errors: -1 when limit < 1 or the server has started.
+ */
+int ap_rpc_server_set_queue_limit(ap_rpc_server *srv, int limit);
+
 void ap_rpc_server_set_interceptor(ap_rpc_server *srv, ap_rpc_interceptor fn, void *user,
                                    int include_health);
 
