@@ -63,6 +63,8 @@ typedef struct apk_backend_ops {
   int (*colsumsq_accumulate)(void *state, double *acc, const float *inp, int64_t N, int64_t C);
   /* acc_dtype APK_F32 or APK_F64. */
   int (*absgrad_accumulate)(void *state, void *acc, apk_dtype acc_dtype, const float *grad, int64_t n);
+  /* *sum (host) = sum of |x[i]| over i with mask bit 0 (mask may be NULL). */
+  int (*abs_sum_kept)(void *state, double *sum, const float *x, const uint8_t *mask, int64_t n);
   /* orig_dtype APK_F32, APK_F16 or APK_BF16; mask may be NULL (restore). */
   int (*mask_apply)(void *state, float *working, const void *orig, apk_dtype orig_dtype, const uint8_t *mask,
                     int64_t n);

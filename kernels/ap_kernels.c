@@ -491,6 +491,18 @@ int apk_absgrad_accumulate(apk_ctx *ctx, apk_tensor *acc, const apk_tensor *grad
   return ctx->ops->absgrad_accumulate(ctx->state, acc->data, acc->dtype, grad->data, apk_tensor_numel(grad));
 }
 
+int apk_abs_sum_kept(apk_ctx *ctx, double *sum, const apk_tensor *x, const apk_tensor *mask) {
+  const char *op = "abs_sum_kept";
+  CHECK_T("x", x, APK_F32);
+  int64_t n = apk_tensor_numel(x);
+  REQUIRE(sum != NULL, "%s: sum is NULL", op);
+  if (mask) {
+    CHECK_T("mask", mask, APK_U8);
+    REQUIRE(apk_tensor_numel(mask) >= (n + 7) / 8, "%s: mask needs %lld bytes", op, (long long)((n + 7) / 8));
+  }
+  return ctx->ops->abs_sum_kept(ctx->state, sum, x->data, mask ? mask->data : NULL, n);
+}
+
 int apk_mask_apply(apk_ctx *ctx, apk_tensor *working, const apk_tensor *orig, const apk_tensor *mask) {
   const char *op = "mask_apply";
   CHECK_T("working", working, APK_F32);

@@ -195,6 +195,10 @@ int apk_nll_window_sums(apk_ctx *ctx, double *sums, const apk_tensor *nll, int64
 int apk_colsumsq_accumulate(apk_ctx *ctx, apk_tensor *acc, const apk_tensor *inp);
 /* acc += |grad| elementwise; acc F32 or F64, grad F32, same element count. */
 int apk_absgrad_accumulate(apk_ctx *ctx, apk_tensor *acc, const apk_tensor *grad);
+/* *sum = sum over the elements kept by mask (bit 0) of |x|, in F64; mask U8
+ * as for apk_mask_apply or NULL (every element). Host result; synchronises.
+ * Used for the mean gradient magnitude over a layer's surviving weights. */
+int apk_abs_sum_kept(apk_ctx *ctx, double *sum, const apk_tensor *x, const apk_tensor *mask);
 /* working = orig where kept, 0 where pruned (mask bit 1, see ap_math.h).
  * orig F32, F16 or BF16 with the same element count as working (F32);
  * mask U8 of at least ceil(n/8) bytes, or NULL: restore working = orig. */

@@ -16,6 +16,11 @@
 #include "ap_backend.h"
 #include "ap_math.h"
 
+/* Below this many elements of work an op runs on one thread: forking the
+ * team costs more than it saves, and far more when the other core is busy
+ * (the team's barrier then waits for a descheduled thread). */
+#define PAR_MIN 32768
+
 /* ---- context and memory --------------------------------------------------- */
 
 static int cpu_init(int device, void **state) {
@@ -65,14 +70,14 @@ static int cpu_embedding_forward(void *state, float *out, const int32_t *tokens,
     if (tokens[n] < 0 || tokens[n] >= V)
       return apk_fail(APK_ERANGE, "embedding: token %d at row %lld outside vocabulary of %lld", tokens[n],
                       (long long)n, (long long)V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
   for (int64_t n = 0; n < N; n++) memcpy(out + n * C, table + (int64_t)tokens[n] * C, (size_t)C * sizeof(float));
   return APK_OK;
 }
 
 static int cpu_rmsnorm_forward(void *state, float *out, float *rstd, const float *inp, const float *weight,
                                int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
     const float *x = inp + n * C;
     float *y = out + n * C;
@@ -87,7 +92,7 @@ static int cpu_rmsnorm_forward(void *state, float *out, float *rstd, const float
 
 static int cpu_rmsnorm_backward(void *state, float *dinp, const float *dout, const float *inp, const float *weight,
                                 const float *rstd, int64_t N, int64_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
     const float *x = inp + n * C, *dy = dout + n * C;
     float *dx = dinp + n * C;
@@ -106,7 +111,7 @@ static int cpu_linear_forward(void *state, float *out, const float *inp, const f
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)IC, 1.0f, inp, (int)IC, weight,
               (int)IC, 0.0f, out, (int)OC);
   if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC > PAR_MIN)
     for (int64_t n = 0; n < N; n++)
       for (int64_t o = 0; o < OC; o++) out[n * OC + o] += bias[o];
   }
@@ -123,7 +128,7 @@ static int cpu_linear_backward(void *state, float *dinp, float *dweight, float *
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)IC, (int)N, 1.0f, dout, (int)OC, inp,
                 (int)IC, 1.0f, dweight, (int)IC);
   if (dbias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * OC > PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
       double s = 0.0;
       for (int64_t n = 0; n < N; n++) s += dout[n * OC + o];
@@ -136,7 +141,7 @@ static int cpu_linear_backward(void *state, float *dinp, float *dweight, float *
 static int cpu_rope(void *state, float *out, const float *inp, const float *cos_t, const float *sin_t, int64_t N,
                     int64_t H, int64_t D, int64_t T, int sign) {
   int64_t half = D / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * H * D > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
     const float *c = cos_t + (n % T) * half, *s = sin_t + (n % T) * half;
     for (int64_t h = 0; h < H; h++) {
@@ -172,7 +177,7 @@ static int cpu_attention_forward(void *state, float *out, float *lse, const floa
   float scale = 1.0f / sqrtf((float)D);
   int64_t group = H / KVH;
   int failed = 0;
-#pragma omp parallel
+#pragma omp parallel if (B * H * T * T * D > 2 * PAR_MIN)
   {
     float *row = malloc((size_t)T * sizeof(float));
     float *acc = malloc((size_t)D * sizeof(float));
@@ -220,7 +225,7 @@ static int cpu_attention_backward(void *state, float *dq, float *dk, float *dv, 
   float scale = 1.0f / sqrtf((float)D);
   int64_t group = H / KVH;
   int failed = 0;
-#pragma omp parallel
+#pragma omp parallel if (B * H * T * T * D > 2 * PAR_MIN)
   {
     float *row = malloc((size_t)T * sizeof(float));
     if (!row) {
@@ -262,14 +267,14 @@ static int cpu_attention_backward(void *state, float *dq, float *dk, float *dv, 
 }
 
 static int cpu_swiglu_forward(void *state, float *out, const float *gate, const float *up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
   for (int64_t i = 0; i < n; i++) out[i] = apk_silu(gate[i]) * up[i];
   return APK_OK;
 }
 
 static int cpu_swiglu_backward(void *state, float *dgate, float *dup, const float *dout, const float *gate,
                                const float *up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
   for (int64_t i = 0; i < n; i++) {
     float g = gate[i], u = up[i], d = dout[i];
     float dg = d * u * apk_silu_grad(g);
@@ -281,7 +286,7 @@ static int cpu_swiglu_backward(void *state, float *dgate, float *dup, const floa
 }
 
 static int cpu_add_inplace(void *state, float *a, const float *b, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
   for (int64_t i = 0; i < n; i++) a[i] += b[i];
   return APK_OK;
 }
@@ -307,7 +312,7 @@ static int cpu_crossentropy_forward(void *state, float *nll, const float *logits
                                     int64_t V) {
   int rc = check_targets(targets, N, V);
   if (rc) return rc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
     if (targets[n] < 0) {
       nll[n] = 0.0f;
@@ -323,7 +328,7 @@ static int cpu_crossentropy_backward(void *state, float *dlogits, const float *l
                                      int64_t N, int64_t V, float scale) {
   int rc = check_targets(targets, N, V);
   if (rc) return rc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V > PAR_MIN)
   for (int64_t n = 0; n < N; n++) {
     const float *x = logits + n * V;
     float *d = dlogits + n * V;
@@ -353,7 +358,7 @@ enum { COLSQ_BLOCK = 256 };
 
 static int cpu_colsumsq_accumulate(void *state, double *acc, const float *inp, int64_t N, int64_t C) {
   int64_t nblocks = (C + COLSQ_BLOCK - 1) / COLSQ_BLOCK;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (N * C > PAR_MIN)
   for (int64_t blk = 0; blk < nblocks; blk++) {
     int64_t c0 = blk * COLSQ_BLOCK, c1 = c0 + COLSQ_BLOCK < C ? c0 + COLSQ_BLOCK : C;
     double local[COLSQ_BLOCK];
@@ -370,13 +375,22 @@ static int cpu_colsumsq_accumulate(void *state, double *acc, const float *inp, i
 static int cpu_absgrad_accumulate(void *state, void *acc, apk_dtype acc_dtype, const float *grad, int64_t n) {
   if (acc_dtype == APK_F64) {
     double *a = acc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) a[i] += fabs((double)grad[i]);
   } else {
     float *a = acc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) a[i] += fabsf(grad[i]);
   }
+  return APK_OK;
+}
+
+static int cpu_abs_sum_kept(void *state, double *sum, const float *x, const uint8_t *mask, int64_t n) {
+  double s = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : s) if (n > PAR_MIN)
+  for (int64_t i = 0; i < n; i++)
+    if (!mask || !apk_mask_bit(mask, (uint64_t)i)) s += fabs((double)x[i]);
+  *sum = s;
   return APK_OK;
 }
 
@@ -400,11 +414,11 @@ static int cpu_mask_apply(void *state, float *working, const void *orig, apk_dty
       memcpy(working, orig, (size_t)n * sizeof(float));
       return APK_OK;
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) working[i] = load_orig(orig, orig_dtype, i);
     return APK_OK;
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
   for (int64_t i = 0; i < n; i++) working[i] = apk_mask_bit(mask, (uint64_t)i) ? 0.0f : load_orig(orig, orig_dtype, i);
   return APK_OK;
 }
@@ -436,6 +450,7 @@ static const apk_backend_ops cpu_ops = {
     .nll_window_sums = cpu_nll_window_sums,
     .colsumsq_accumulate = cpu_colsumsq_accumulate,
     .absgrad_accumulate = cpu_absgrad_accumulate,
+    .abs_sum_kept = cpu_abs_sum_kept,
     .mask_apply = cpu_mask_apply,
 };
 
