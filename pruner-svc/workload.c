@@ -1,0 +1,480 @@
+#include "workload.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "bitmap.h"
+#include "mask.h"
+#include "prune_error.h"
+#include "rpc_server.h"
+#include "stats.h"
+
+static int stopped(const engine_stop *s) { return s && s->fn && s->fn(s->arg); }
+
+static int model_status(int rc) {
+  switch (rc) {
+  case AP_MODEL_ENOMEM: return AP_RESOURCE_EXHAUSTED;
+  case AP_MODEL_ELOAD:
+  case AP_MODEL_EUNSUP:
+  case AP_MODEL_EARG: return AP_INVALID_ARGUMENT;
+  default: return AP_INTERNAL;
+  }
+}
+
+static int match(pcre2_code *re, const char *s) {
+  pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+  if (!md) return 0;
+  int rc = pcre2_match(re, (PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL);
+  pcre2_match_data_free(md);
+  return rc >= 0;
+}
+
+static pcre2_code *compile(const char *pat, const char *what, char *err, size_t errlen) {
+  int ec;
+  PCRE2_SIZE off;
+  pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &off, NULL);
+  if (!re) snprintf(err, errlen, "%s pattern is not a valid regular expression", what);
+  return re;
+}
+
+int wl_open(workload *w, const char *dir, const char *device, int threads, const char *include,
+            const char *exclude, char *err, size_t errlen) {
+  memset(w, 0, sizeof *w);
+  w->threads = threads;
+  if (device && !strcmp(device, "cuda")) {
+    snprintf(err, errlen, "device cuda: this pruner-svc runs the CPU backend for whole models; "
+                          "the CUDA kernels are checked op by op (tests/gpu) but the model does not run on them yet");
+    return AP_FAILED_PRECONDITION;
+  }
+  w->device = "cpu";
+  ap_model_opts opts = {.backend = APK_CPU, .device = 0};
+  int rc = ap_model_load(dir, &opts, &w->model, err, errlen);
+  if (rc != AP_MODEL_OK) return model_status(rc);
+  char tpath[4096];
+  snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
+  char terr[400];
+  if (ap_tokenizer_load(tpath, &w->tok, terr, sizeof terr) != 0) {
+    snprintf(err, errlen, "tokenizer: %s", terr);
+    wl_close(w);
+    return AP_INVALID_ARGUMENT;
+  }
+  pcre2_code *inc = NULL, *exc = NULL;
+  if (include && *include && !(inc = compile(include, "include", err, errlen))) goto bad;
+  if (exclude && *exclude && !(exc = compile(exclude, "exclude", err, errlen))) goto bad;
+  int n = ap_model_num_linears(w->model);
+  w->layer_index = calloc((size_t)n, sizeof *w->layer_index);
+  w->masks = calloc((size_t)n, sizeof *w->masks);
+  if (!w->layer_index || !w->masks) goto nomem;
+  for (int i = 0; i < n; i++) {
+    const ap_linear *l = ap_model_linear(w->model, i);
+    if (inc && !match(inc, l->name)) continue;
+    if (exc && match(exc, l->name)) continue;
+    int k = w->n_layers++;
+    w->layer_index[k] = i;
+    w->masks[k] = ap_bitmap_alloc((size_t)(l->rows * l->cols));
+    if (!w->masks[k]) goto nomem;
+  }
+  pcre2_code_free(inc);
+  pcre2_code_free(exc);
+  if (w->n_layers == 0) {
+    snprintf(err, errlen, "no eligible layer matches the include/exclude patterns");
+    wl_close(w);
+    return AP_INVALID_ARGUMENT;
+  }
+  return AP_OK;
+nomem:
+  snprintf(err, errlen, "out of memory");
+  pcre2_code_free(inc);
+  pcre2_code_free(exc);
+  wl_close(w);
+  return AP_RESOURCE_EXHAUSTED;
+bad:
+  pcre2_code_free(inc);
+  pcre2_code_free(exc);
+  wl_close(w);
+  return AP_INVALID_ARGUMENT;
+}
+
+void wl_close(workload *w) {
+  if (w->masks)
+    for (int i = 0; i < w->n_layers; i++) free(w->masks[i]);
+  free(w->masks);
+  free(w->layer_index);
+  ap_tokenizer_free(w->tok);
+  ap_model_free(w->model);
+  memset(w, 0, sizeof *w);
+}
+
+static uint64_t splitmix64(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+int wl_windows_from_file(workload *w, const char *path, int L, int want, int random, uint64_t seed,
+                         wl_windows *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof *out);
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return AP_INVALID_ARGUMENT;
+  }
+  char *text = NULL;
+  size_t len = 0, cap = 0;
+  for (;;) {
+    if (len + 65536 > cap) {
+      cap = cap ? cap * 2 : 1 << 20;
+      char *p = realloc(text, cap);
+      if (!p) {
+        free(text);
+        fclose(f);
+        snprintf(err, errlen, "out of memory reading %s", path);
+        return AP_RESOURCE_EXHAUSTED;
+      }
+      text = p;
+    }
+    size_t n = fread(text + len, 1, 65536, f);
+    len += n;
+    if (n < 65536) break;
+  }
+  fclose(f);
+  int32_t *ids = NULL;
+  size_t nids = 0;
+  int rc = ap_tokenizer_encode(w->tok, text ? text : "", len, 1, &ids, &nids);
+  free(text);
+  if (rc != 0) {
+    snprintf(err, errlen, "%s: the tokenizer refused the text", path);
+    return AP_INVALID_ARGUMENT;
+  }
+  int total = (int)(nids / (size_t)L);
+  if (total == 0) {
+    free(ids);
+    snprintf(err, errlen, "%s holds %zu tokens, fewer than one window of %d", path, nids, L);
+    return AP_INVALID_ARGUMENT;
+  }
+  int n = want <= 0 || want > total ? total : want;
+  out->tokens = malloc(sizeof(int32_t) * (size_t)n * (size_t)L);
+  if (!out->tokens) {
+    free(ids);
+    snprintf(err, errlen, "out of memory for %d windows", n);
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  int *pick = malloc(sizeof(int) * (size_t)total);
+  if (!pick) {
+    free(ids);
+    wl_windows_free(out);
+    snprintf(err, errlen, "out of memory");
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  for (int i = 0; i < total; i++) pick[i] = i;
+  if (random) { /* partial Fisher-Yates: the first n of a seeded permutation */
+    uint64_t s = seed;
+    for (int i = 0; i < n; i++) {
+      int j = i + (int)(splitmix64(&s) % (uint64_t)(total - i));
+      int t = pick[i];
+      pick[i] = pick[j];
+      pick[j] = t;
+    }
+  }
+  for (int i = 0; i < n; i++)
+    memcpy(out->tokens + (size_t)i * L, ids + (size_t)pick[i] * L, sizeof(int32_t) * (size_t)L);
+  free(pick);
+  free(ids);
+  out->n = n;
+  out->L = L;
+  out->total = total;
+  return AP_OK;
+}
+
+void wl_windows_free(wl_windows *win) {
+  free(win->tokens);
+  memset(win, 0, sizeof *win);
+}
+
+/* Windows per forward call: bounds activation memory and lets a stop request
+   be noticed between batches. */
+static int batch_windows(int L) {
+  int b = 16384 / (L > 0 ? L : 1);
+  return b < 1 ? 1 : b;
+}
+
+int wl_perplexity(workload *w, const wl_windows *win, const engine_stop *stop, double *ppl, double *nll,
+                  int64_t *predicted, char *err, size_t errlen) {
+  double sum = 0;
+  int64_t cnt = 0;
+  int B = batch_windows(win->L);
+  for (int i = 0; i < win->n; i += B) {
+    if (stopped(stop)) {
+      snprintf(err, errlen, "stopped");
+      return AP_CANCELLED;
+    }
+    int nb = win->n - i < B ? win->n - i : B;
+    int rc = ap_model_forward(w->model, win->tokens + (size_t)i * win->L, nb, win->L, 0, &sum, &cnt, NULL);
+    if (rc != AP_MODEL_OK) {
+      snprintf(err, errlen, "forward: %s", ap_model_error(w->model));
+      return model_status(rc);
+    }
+  }
+  if (cnt == 0) {
+    snprintf(err, errlen, "no predicted tokens");
+    return AP_INVALID_ARGUMENT;
+  }
+  *nll = sum / (double)cnt;
+  *ppl = exp(*nll);
+  if (predicted) *predicted = cnt;
+  return AP_OK;
+}
+
+static const ap_linear *lin(const workload *w, int i) { return ap_model_linear(w->model, w->layer_index[i]); }
+
+uint64_t wl_layer_params(const workload *w, int i) {
+  const ap_linear *l = lin(w, i);
+  return (uint64_t)(l->rows * l->cols);
+}
+
+double wl_layer_sparsity(const workload *w, int i) {
+  uint64_t n = wl_layer_params(w, i);
+  return n ? (double)ap_bitmap_count(w->masks[i], n) / (double)n : 0;
+}
+
+double wl_global_sparsity(const workload *w) {
+  double pruned = 0, total = 0;
+  for (int i = 0; i < w->n_layers; i++) {
+    uint64_t n = wl_layer_params(w, i);
+    pruned += (double)ap_bitmap_count(w->masks[i], n);
+    total += (double)n;
+  }
+  return total > 0 ? pruned / total : 0;
+}
+
+int wl_apply(workload *w, int i, char *err, size_t errlen) {
+  ap_linear *l = ap_model_linear(w->model, w->layer_index[i]);
+  memcpy(l->mask, w->masks[i], l->mask_bytes); /* little-endian: same bytes */
+  int rc = ap_model_apply_mask(w->model, w->layer_index[i]);
+  if (rc != AP_MODEL_OK) {
+    snprintf(err, errlen, "apply mask %s: %s", l->name, ap_model_error(w->model));
+    return model_status(rc);
+  }
+  return AP_OK;
+}
+
+int wl_collect_activations(workload *w, const wl_windows *calib, const engine_stop *stop, char *err, size_t errlen) {
+  int rc = ap_model_stats_enable(w->model);
+  if (rc != AP_MODEL_OK) {
+    snprintf(err, errlen, "statistics: %s", ap_model_error(w->model));
+    return model_status(rc);
+  }
+  double sum = 0;
+  int64_t cnt = 0;
+  int B = batch_windows(calib->L);
+  for (int i = 0; i < calib->n; i += B) {
+    if (stopped(stop)) {
+      snprintf(err, errlen, "stopped");
+      return AP_CANCELLED;
+    }
+    int nb = calib->n - i < B ? calib->n - i : B;
+    rc = ap_model_forward(w->model, calib->tokens + (size_t)i * calib->L, nb, calib->L, 1, &sum, &cnt, NULL);
+    if (rc != AP_MODEL_OK) {
+      snprintf(err, errlen, "forward: %s", ap_model_error(w->model));
+      return model_status(rc);
+    }
+  }
+  return AP_OK;
+}
+
+static int prune_status(int rc, const char *name, char *err, size_t errlen) {
+  snprintf(err, errlen, "masking %s: %s", name, ap_prune_strerror(rc));
+  return rc == AP_PRUNE_ENOMEM ? AP_RESOURCE_EXHAUSTED : AP_INTERNAL;
+}
+
+int wl_prune_layer(workload *w, int i, double target, unsigned nm_n, unsigned nm_m, int magnitude, char *err,
+                   size_t errlen) {
+  ap_linear *l = ap_model_linear(w->model, w->layer_index[i]);
+  const float *wt = (const float *)l->weight.data; /* pruned entries are 0 but masked out */
+  const double *xsq = magnitude ? NULL : (const double *)l->act_sumsq.data;
+  if (!magnitude && !xsq) {
+    snprintf(err, errlen, "masking %s: no activation statistics collected", l->name);
+    return AP_INTERNAL;
+  }
+  int rc;
+  if (nm_m)
+    rc = ap_mask_nm(wt, xsq, (size_t)l->rows, (size_t)l->cols, nm_n, nm_m, w->masks[i], NULL);
+  else if (magnitude)
+    rc = ap_mask_magnitude(wt, (size_t)l->rows, (size_t)l->cols, target, w->masks[i], NULL);
+  else
+    rc = ap_mask_rows(wt, xsq, (size_t)l->rows, (size_t)l->cols, target, w->masks[i], NULL);
+  if (rc != AP_PRUNE_OK) return prune_status(rc, l->name, err, errlen);
+  return wl_apply(w, i, err, errlen);
+}
+
+int wl_prune_sequential(workload *w, const wl_windows *calib, const double *targets, unsigned nm_n, unsigned nm_m,
+                        const engine_stop *stop, char *err, size_t errlen) {
+  ap_model *m = w->model;
+  apk_ctx *ctx = ap_model_ctx(m);
+  int nblocks = ap_model_config(m)->num_hidden_layers;
+  apk_tensor hidden = {0}, probe = {0};
+  int rc = ap_model_stats_enable(m);
+  if (rc != AP_MODEL_OK) goto model_fail;
+  rc = ap_model_embed(m, calib->tokens, calib->n, calib->L, &hidden);
+  if (rc != AP_MODEL_OK) goto model_fail;
+  if (apk_tensor_alloc(ctx, &probe, APK_F32, hidden.ndim, hidden.shape) != APK_OK) {
+    snprintf(err, errlen, "out of memory for the calibration activations");
+    apk_tensor_free(ctx, &hidden);
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  int status = AP_OK;
+  for (int b = 0; b < nblocks && status == AP_OK; b++) {
+    if (stopped(stop)) {
+      snprintf(err, errlen, "stopped");
+      status = AP_CANCELLED;
+      break;
+    }
+    /* Statistics of block b from the pruned blocks before it; the probe's
+       outputs (dense block b) are thrown away. */
+    if (apk_copy(ctx, &probe, &hidden) != APK_OK ||
+        (rc = ap_model_block_forward(m, b, &probe, calib->L, 1)) != AP_MODEL_OK) {
+      snprintf(err, errlen, "block %d: %s", b, ap_model_error(m));
+      status = AP_INTERNAL;
+      break;
+    }
+    for (int i = 0; i < w->n_layers && status == AP_OK; i++)
+      if (lin(w, i)->block == b && targets[i] > 0)
+        status = wl_prune_layer(w, i, targets[i], nm_n, nm_m, 0, err, errlen);
+    if (status == AP_OK && (rc = ap_model_block_forward(m, b, &hidden, calib->L, 0)) != AP_MODEL_OK) {
+      snprintf(err, errlen, "block %d: %s", b, ap_model_error(m));
+      status = AP_INTERNAL;
+    }
+  }
+  apk_tensor_free(ctx, &probe);
+  apk_tensor_free(ctx, &hidden);
+  return status;
+model_fail:
+  snprintf(err, errlen, "sequential pass: %s", ap_model_error(m));
+  return model_status(rc);
+}
+
+int wl_owl_outliers(workload *w, double m, double *frac, char *err, size_t errlen) {
+  int nblocks = ap_model_config(w->model)->num_hidden_layers;
+  ap_layer_ref *refs = calloc((size_t)w->n_layers, sizeof *refs);
+  if (!refs) {
+    snprintf(err, errlen, "out of memory");
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  int status = AP_OK;
+  for (int b = 0; b < nblocks && status == AP_OK; b++) {
+    size_t n = 0;
+    for (int i = 0; i < w->n_layers; i++) {
+      const ap_linear *l = lin(w, i);
+      if (l->block != b) continue;
+      refs[n++] = (ap_layer_ref){(const float *)l->weight.data, (const double *)l->act_sumsq.data, w->masks[i],
+                                 (size_t)l->rows, (size_t)l->cols};
+    }
+    frac[b] = 0;
+    if (n == 0) continue;
+    int rc = ap_stats_outlier_fraction(refs, n, m, &frac[b]);
+    if (rc != AP_PRUNE_OK) status = prune_status(rc, "OWL outliers", err, errlen);
+  }
+  free(refs);
+  return status;
+}
+
+static Agentprune__V1__LayerKind proto_kind(ap_linear_kind k) {
+  return (Agentprune__V1__LayerKind)(k + 1); /* q=1 ... down=7 in common.proto */
+}
+
+int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const engine_stop *stop,
+               Agentprune__V1__ProfileTable *table, char *err, size_t errlen) {
+  int n = w->n_layers;
+  int status = wl_collect_activations(w, calib, stop, err, errlen);
+  if (status != AP_OK) return status;
+  int rc = ap_model_grad_enable(w->model, 0);
+  if (rc != AP_MODEL_OK) {
+    snprintf(err, errlen, "gradients: %s", ap_model_error(w->model));
+    return model_status(rc);
+  }
+  int M = grad_windows < calib->n ? grad_windows : calib->n;
+  for (int i = 0; i < M; i++) {
+    if (stopped(stop)) {
+      snprintf(err, errlen, "stopped");
+      return AP_CANCELLED;
+    }
+    rc = ap_model_backward_window(w->model, calib->tokens + (size_t)i * calib->L, calib->L, NULL);
+    if (rc != AP_MODEL_OK) {
+      snprintf(err, errlen, "backward: %s", ap_model_error(w->model));
+      return model_status(rc);
+    }
+  }
+  double *s = calloc((size_t)n * 4, sizeof(double));
+  Agentprune__V1__LayerProfile **rows = calloc((size_t)n, sizeof *rows);
+  if (!s || !rows) {
+    free(s);
+    free(rows);
+    snprintf(err, errlen, "out of memory");
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  double *g = s + n, *zs = s + 2 * n, *zg = s + 3 * n;
+  for (int i = 0; i < n && status == AP_OK; i++) {
+    const ap_linear *l = lin(w, i);
+    ap_layer_ref ref = {(const float *)l->weight.data, (const double *)l->act_sumsq.data, w->masks[i],
+                        (size_t)l->rows, (size_t)l->cols};
+    uint64_t params = wl_layer_params(w, i), pruned = ap_bitmap_count(w->masks[i], params);
+    if (pruned < params) {
+      rc = ap_stats_score_percentile(&ref, 10.0, &s[i]);
+      if (rc != AP_PRUNE_OK) status = prune_status(rc, l->name, err, errlen);
+      /* grad_abs_kept sums |dL_i/dW| over kept weights and windows. */
+      g[i] = l->grad_windows > 0 ? l->grad_abs_kept / ((double)l->grad_windows * (double)(params - pruned)) : 0;
+    }
+  }
+  if (status == AP_OK && (ap_stats_zscores(s, (size_t)n, AP_STATS_Z_EPS, zs) != AP_PRUNE_OK ||
+                          ap_stats_zscores(g, (size_t)n, AP_STATS_Z_EPS, zg) != AP_PRUNE_OK)) {
+    snprintf(err, errlen, "z-scores: a statistic is not a number");
+    status = AP_INTERNAL;
+  }
+  for (int i = 0; i < n && status == AP_OK; i++) {
+    const ap_linear *l = lin(w, i);
+    Agentprune__V1__LayerProfile *r = malloc(sizeof *r);
+    char *name = strdup(l->name);
+    if (!r || !name) {
+      free(r);
+      free(name);
+      snprintf(err, errlen, "out of memory");
+      status = AP_RESOURCE_EXHAUSTED;
+      break;
+    }
+    agentprune__v1__layer_profile__init(r);
+    r->name = name;
+    r->kind = proto_kind(l->kind);
+    r->block = (uint32_t)l->block;
+    r->params = wl_layer_params(w, i);
+    r->s = s[i];
+    r->g = g[i];
+    r->z_s = zs[i];
+    r->z_g = zg[i];
+    r->rho = wl_layer_sparsity(w, i);
+    rows[i] = r;
+  }
+  free(s);
+  table->n_layers = (size_t)n;
+  table->layers = rows;
+  if (status != AP_OK) wl_table_clear(table);
+  return status;
+}
+
+void wl_table_clear(Agentprune__V1__ProfileTable *table) {
+  for (size_t i = 0; i < table->n_layers; i++) {
+    if (!table->layers[i]) continue;
+    free(table->layers[i]->name);
+    free(table->layers[i]->dppl_history);
+    free(table->layers[i]);
+  }
+  free(table->layers);
+  table->layers = NULL;
+  table->n_layers = 0;
+}
