@@ -410,13 +410,39 @@ static int get_job_in_txn(ap_js *s, MDB_txn *txn, const char *id, size_t idlen, 
     AP_ERROR("job store: job record %.*s does not unpack", (int)idlen, id);
     return AP_JS_E_CORRUPT;
   }
-  return 0;
+  /* Events appended without a job update move the last seq on. */
+  int r = last_number(txn, s->db_events, id, idlen, &(*out)->last_event_seq);
+  if (r) {
+    agentprune__v1__job__free_unpacked(*out, NULL);
+    *out = NULL;
+  }
+  return r;
 }
 
 static int job_exists(ap_js *s, MDB_txn *txn, const char *id, size_t idlen) {
   MDB_val k = {idlen, (void *)id}, v;
   int rc = mdb_get(txn, s->db_jobs, &k, &v);
   return rc == MDB_NOTFOUND ? AP_JS_E_NOTFOUND : lm(rc, "get job");
+}
+
+/* Stores `job` with last_event_seq set from the events db (the store assigns
+ * seqs, so the caller's value may be stale). When packed_out is not NULL it
+ * receives the packed bytes (caller frees). */
+static int store_job(ap_js *s, MDB_txn *txn, const Agentprune__V1__Job *job, uint8_t **packed_out, size_t *len_out) {
+  Agentprune__V1__Job copy = *job;
+  int r = last_number(txn, s->db_events, job->id, strlen(job->id), &copy.last_event_seq);
+  if (r) return r;
+  uint8_t *buf;
+  size_t len;
+  if ((r = pack_message(&copy.base, &buf, &len))) return r;
+  r = put_job_record(s, txn, job, buf, len);
+  if (r || !packed_out) {
+    free(buf);
+    return r;
+  }
+  *packed_out = buf;
+  *len_out = len;
+  return 0;
 }
 
 static void notify_events(ap_js *s) {
@@ -551,8 +577,6 @@ int ap_js_stats(ap_js *s, ap_js_stats_t *st) {
 typedef struct {
   const Agentprune__V1__Job *job;
   const Agentprune__V1__JobEvent *ev;
-  const uint8_t *packed;
-  size_t len;
   Agentprune__V1__Job *existing;
   uint64_t seq;
 } job_ctx;
@@ -584,7 +608,7 @@ static int submit_fn(ap_js *s, MDB_txn *txn, void *ctx) {
   int r = job_exists(s, txn, c->job->id, strlen(c->job->id));
   if (r == 0) return AP_JS_E_EXISTS;
   if (r != AP_JS_E_NOTFOUND) return r;
-  return put_job_record(s, txn, c->job, c->packed, c->len);
+  return store_job(s, txn, c->job, NULL, NULL);
 }
 
 static int check_job(const Agentprune__V1__Job *job) {
@@ -600,12 +624,7 @@ int ap_js_job_submit(ap_js *s, const Agentprune__V1__Job *job, Agentprune__V1__J
   int r = check_job(job);
   if (r) return r;
   job_ctx c = {.job = job};
-  uint8_t *buf;
-  r = pack_message(&job->base, &buf, &c.len);
-  if (r) return r;
-  c.packed = buf;
-  r = run_write(s, c.len, submit_fn, &c);
-  free(buf);
+  r = run_write(s, protobuf_c_message_get_packed_size(&job->base) + 4096, submit_fn, &c);
   if (r) {
     if (c.existing) agentprune__v1__job__free_unpacked(c.existing, NULL);
     return r;
@@ -637,18 +656,9 @@ static int append_event(ap_js *s, MDB_txn *txn, const Agentprune__V1__JobEvent *
 static int put_fn(ap_js *s, MDB_txn *txn, void *ctx) {
   job_ctx *c = ctx;
   c->seq = 0;
-  if (!c->ev) return put_job_record(s, txn, c->job, c->packed, c->len);
-  int r = append_event(s, txn, c->ev, &c->seq);
-  if (r) return r;
-  Agentprune__V1__Job copy = *c->job;
-  copy.last_event_seq = c->seq;
-  uint8_t *buf;
-  size_t len;
-  r = pack_message(&copy.base, &buf, &len);
-  if (r) return r;
-  r = put_job_record(s, txn, c->job, buf, len);
-  free(buf);
-  return r;
+  int r;
+  if (c->ev && (r = append_event(s, txn, c->ev, &c->seq))) return r;
+  return store_job(s, txn, c->job, NULL, NULL);
 }
 
 int ap_js_job_put(ap_js *s, const Agentprune__V1__Job *job, const Agentprune__V1__JobEvent *ev,
@@ -659,14 +669,9 @@ int ap_js_job_put(ap_js *s, const Agentprune__V1__Job *job, const Agentprune__V1
   if (r) return r;
   if (ev && (!ev->job_id || strcmp(ev->job_id, job->id) != 0)) return AP_JS_E_INVAL;
   job_ctx c = {.job = job, .ev = ev};
-  uint8_t *buf = NULL;
-  if (!ev) {
-    r = pack_message(&job->base, &buf, &c.len);
-    if (r) return r;
-    c.packed = buf;
-  }
-  r = run_write(s, c.len + 4096, put_fn, &c);
-  free(buf);
+  size_t hint = protobuf_c_message_get_packed_size(&job->base) + 4096;
+  if (ev) hint += protobuf_c_message_get_packed_size(&ev->base);
+  r = run_write(s, hint, put_fn, &c);
   if (r) return r;
   if (ev) notify_events(s);
   if (seq_out) *seq_out = c.seq;
@@ -723,6 +728,11 @@ int ap_js_job_list(ap_js *s, uint32_t limit, int unfinished_only, Agentprune__V1
     if (unfinished_only && !is_unfinished(j)) {
       agentprune__v1__job__free_unpacked(j, NULL);
       continue;
+    }
+    r = last_number(txn, s->db_events, k.mv_data, k.mv_size, &j->last_event_seq);
+    if (r) {
+      agentprune__v1__job__free_unpacked(j, NULL);
+      goto fail;
     }
     if (n == cap) {
       size_t nc = cap ? cap * 2 : 16;
@@ -965,11 +975,11 @@ static int ckpt_fn(ap_js *s, MDB_txn *txn, void *ctx) {
   uint64_t no = last + 1;
   c->seq = 0;
   if (c->ev && (r = append_event(s, txn, c->ev, &c->seq))) return r;
-  Agentprune__V1__Job job = *c->job;
-  if (c->ev) job.last_event_seq = c->seq;
+  /* The job record moves with its checkpoint, in the same transaction, and
+   * the checkpoint keeps the same bytes as its job part. */
   uint8_t *job_packed;
   size_t job_len;
-  if ((r = pack_message(&job.base, &job_packed, &job_len))) return r;
+  if ((r = store_job(s, txn, c->job, &job_packed, &job_len))) return r;
 
   size_t mlen = MANIFEST_HEADER + ((size_t)c->n_layers + 2) * MANIFEST_PART + 4;
   uint8_t *man = calloc(1, mlen);
@@ -1011,9 +1021,6 @@ static int ckpt_fn(ap_js *s, MDB_txn *txn, void *ctx) {
   uint8_t key[KEY_MAX];
   MDB_val k = {key_seq(key, id, idlen, no), key}, v = {mlen, man};
   r = lm(mdb_put(txn, s->db_manifest, &k, &v, 0), "put manifest");
-  if (r) goto fail;
-  /* The job record moves with its checkpoint, in the same transaction. */
-  r = put_job_record(s, txn, c->job, job_packed, job_len);
   if (r) goto fail;
 
   /* Keep `no` and `last`; delete older ones now so that their pages are on

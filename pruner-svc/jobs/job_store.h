@@ -43,6 +43,10 @@
  *   u32 crc32 of every byte before it
  * CRC-32 is the IEEE/zlib one (ap_js_crc32), over each part's stored bytes.
  *
+ * Job.last_event_seq is maintained by the store, which assigns event seqs:
+ * every write of a job record stores the job's actual last seq, and
+ * ap_js_job_get / ap_js_job_list report it, whatever the caller's struct held.
+ *
  * Error codes: every int-returning function returns 0 or one of AP_JS_E_*.
  */
 #ifndef AP_JOB_STORE_H
@@ -165,9 +169,8 @@ int ap_js_job_submit(ap_js *s, const Agentprune__V1__Job *job, Agentprune__V1__J
 /* Creates or replaces the job record `job->id`, and when `ev` is not NULL
  * appends it as the job's next event in the same transaction (atomic status
  * change + event): ev->job_id must equal job->id, the stored event gets the
- * next seq and the stored job gets last_event_seq = that seq. *seq_out (may be
- * NULL) receives the seq, or 0 when ev is NULL. The callers' structs are not
- * modified. A new client_request_id is indexed.
+ * next seq. *seq_out (may be NULL) receives the seq, or 0 when ev is NULL.
+ * The callers' structs are not modified. A new client_request_id is indexed.
  * Errors: AP_JS_E_INVAL, AP_JS_E_EXISTS (request id indexed to another job),
  * AP_JS_E_FULL, AP_JS_E_IO, AP_JS_E_NOMEM. */
 int ap_js_job_put(ap_js *s, const Agentprune__V1__Job *job, const Agentprune__V1__JobEvent *ev,
@@ -233,7 +236,7 @@ int ap_js_events_wait(ap_js *s, const char *job_id, uint64_t after_seq, int time
  * previous one, so exactly the last two remain. Checkpoint numbers are
  * assigned by the store: 1 + the job's highest existing number (the first is
  * 1); *ckpt_no_out (may be NULL) receives it, *seq_out (may be NULL) the
- * event's seq (0 without ev; the stored job then has last_event_seq = seq).
+ * event's seq (0 without ev).
  * ev->job_id must equal job->id. The job must already exist
  * (ap_js_job_submit/put). Either everything is durable when this returns 0,
  * or nothing changed. The callers' structs and buffers are not modified.

@@ -224,6 +224,26 @@ static void test_events(ap_js *s) {
   CHECK_EQ_INT(seq, 40);
   CHECK_EQ_INT(ap_js_events_wait(s, "job-a", 39, 0), 0);
   CHECK_EQ_INT(ap_js_events_wait(s, "job-a", 40, 30), AP_JS_E_TIMEOUT);
+
+  /* last_event_seq follows plain appends, and a put with a stale value
+   * does not move it back. */
+  Agentprune__V1__Job *g;
+  CHECK_EQ_INT(ap_js_job_get(s, "job-a", &g), 0);
+  if (g) {
+    CHECK_EQ_INT(g->last_event_seq, 40);
+    g->last_event_seq = 3;
+    CHECK_EQ_INT(ap_js_job_put(s, g, NULL, NULL), 0);
+    agentprune__v1__job__free_unpacked(g, NULL);
+  }
+  Agentprune__V1__Job **jobs;
+  size_t nj;
+  CHECK_EQ_INT(ap_js_job_list(s, 0, 0, &jobs, &nj), 0);
+  int seen = 0;
+  for (size_t i = 0; i < nj; i++)
+    if (strcmp(jobs[i]->id, "job-a") == 0) seen = jobs[i]->last_event_seq == 40;
+    else if (strcmp(jobs[i]->id, "job-c") == 0) CHECK_EQ_INT(jobs[i]->last_event_seq, 1);
+  CHECK(seen);
+  ap_js_jobs_free(jobs, nj);
 }
 
 typedef struct {

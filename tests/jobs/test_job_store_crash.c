@@ -129,13 +129,13 @@ static int pump(int fd, double until_ms, int stop_on_h, uint64_t *last_c, uint64
 
 /* Counts chunks of JOB per checkpoint number with a raw read-only scan. */
 static int orphan_chunks(const char *dir, uint64_t keep_a, uint64_t keep_b, size_t *count) {
+  *count = 0;
   MDB_env *env = tu_raw_open(dir);
   if (!env) return -1;
   MDB_txn *txn;
   MDB_dbi db;
   MDB_cursor *c;
   int orphans = 0;
-  *count = 0;
   if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0) {
     if (mdb_dbi_open(txn, "ckpt_chunk", 0, &db) == 0 && mdb_cursor_open(txn, db, &c) == 0) {
       MDB_val k, v;
