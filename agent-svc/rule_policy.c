@@ -9,9 +9,10 @@
  *    zd_i is the z-score over layers of the mean of the layer's last three
  *    dppl_history values (0 when the spread is nil). Low s (the weights next in
  *    line carry little Wanda score) and low g (little loss gradient) mean low
- *    sensitivity. Layers are ranked by c (ties by table row) and the rank is
- *    mapped to ins_i in [-1, 1], +1 = least sensitive. Ranks rather than raw
- *    z-scores keep one extreme layer from dominating.
+ *    sensitivity. Layers are ranked by c (equal values share their mean
+ *    rank) and the rank is mapped to ins_i in [-1, 1], +1 = least
+ *    sensitive. Ranks rather than raw z-scores keep one extreme layer from
+ *    dominating.
  * 2. Depth prior. dep_i = 2 block_i / (B - 1) - 1 in [-1, 1] (B = number of
  *    blocks in the table): later blocks tolerate more sparsity, the effect
  *    OWL's outlier ratios capture.
@@ -315,10 +316,17 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
     order[i] = (long)i;
   }
   if (sort_rows(order, n, keys)) goto oom;
-  for (size_t k = 0; k < n; k++) {
-    layer_work *l = &w[order[k]];
-    l->ins = n > 1 ? 1.0 - 2.0 * (double)k / (double)(n - 1) : 0.0;
-    l->pref = 1.0 + 0.5 * l->ins;
+  for (size_t k = 0; k < n;) {
+    /* Equal sensitivities share their mean rank, so ties carry no preference. */
+    size_t e = k + 1;
+    while (e < n && keys[order[e]] == keys[order[k]]) e++;
+    double rank = 0.5 * (double)(k + e - 1);
+    for (size_t j = k; j < e; j++) {
+      layer_work *l = &w[order[j]];
+      l->ins = n > 1 ? 1.0 - 2.0 * rank / (double)(n - 1) : 0.0;
+      l->pref = 1.0 + 0.5 * l->ins;
+    }
+    k = e;
   }
 
   /* 2-3. final allocation by water-filling. */
@@ -439,6 +447,17 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
   double added = 0, dmin = 1, dmax = 0;
   for (size_t i = 0; i < n; i++)
     if (w[i].delta > 0) moved++;
+  if (moved == 0 && R <= lim.tolerance) {
+    /* The remainder is smaller than one meaningful step and within tolerance. */
+    char buf[200];
+    snprintf(buf, sizeof buf,
+             "rule: the global sparsity %.4f is within the tolerance %.4f of the target %.4f; nothing to prune", G,
+             lim.tolerance, T);
+    out->rationale = dup_str(buf);
+    if (!out->rationale) goto oom;
+    rc = 0;
+    goto done;
+  }
   if (moved == 0) {
     snprintf(err, errlen,
              "rule: no layer can grow (global %.4f, target %.4f): every layer is at the ceiling %.2f or its "

@@ -109,7 +109,9 @@ int ap_decision_validate(const ap_decide_ctx *ctx, const Agentprune__V1__Decisio
              global, lim.target);
     goto done;
   }
-  if (after > lim.target + lim.tolerance + VALIDATE_EPS) {
+  /* Only what the decision adds can overshoot: a table already past the
+   * target with an empty decision is not the decision's fault. */
+  if (added > 0 && after > lim.target + lim.tolerance + VALIDATE_EPS) {
     snprintf(err, errlen,
              "the decision overshoots: the global sparsity would become %.4f, above the target %.4f + "
              "tolerance %.4f (current %.4f)",
