@@ -355,9 +355,73 @@ static void test_stale_reader(void) {
   tu_rmstore(dir);
 }
 
+/* Another process grows the map while this one has the store open: our next
+ * transactions see MDB_MAP_RESIZED, adopt the new size and carry on. */
+static void test_other_process_growth(void) {
+  char dir[256];
+  tu_mkdtemp(dir, sizeof dir, "resized");
+  int go[2], done[2];
+  if (pipe(go) || pipe(done)) { perror("pipe"); exit(2); }
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(3);
+    ap_js_options o = {.initial_map_bytes = 1 << 20, .chunk_bytes = CHUNK};
+    ap_js *cs;
+    if (ap_js_open(dir, &o, &cs)) _exit(4);
+    uint64_t *w = malloc(tu_words(bits[0]) * 8);
+    int rc = 0;
+    for (uint64_t g = 1; g <= 6 && !rc; g++) {
+      tu_fill_mask(w, bits[0], JOB, g, 0);
+      ap_js_mask_in m = {bits[0], w};
+      Agentprune__V1__JobState st = AGENTPRUNE__V1__JOB_STATE__INIT;
+      Agentprune__V1__Job j = tu_job(JOB, NULL, (uint32_t)g, &st);
+      rc = ap_js_checkpoint_write(cs, &j, NULL, NULL, 0, &m, 1, NULL, NULL);
+    }
+    ap_js_stats_t st;
+    ap_js_stats(cs, &st);
+    char r = !rc && st.grow_count > 0 ? 'D' : 'E';
+    if (write(done[1], &r, 1) != 1) _exit(3);
+    _exit(0);
+  }
+  ap_js_options o = {.initial_map_bytes = 1 << 20, .chunk_bytes = CHUNK};
+  ap_js *s = NULL;
+  CHECK_EQ_INT(ap_js_open(dir, &o, &s), 0);
+  if (!s) return;
+  Agentprune__V1__Job j = tu_job(JOB, NULL, 0, NULL);
+  CHECK_EQ_INT(ap_js_job_put(s, &j, NULL, NULL), 0);
+  char c = 'g';
+  CHECK(write(go[1], &c, 1) == 1);
+  CHECK(read(done[0], &c, 1) == 1 && c == 'D');
+  waitpid(pid, NULL, 0);
+  ap_js_stats_t st0;
+  CHECK_EQ_INT(ap_js_stats(s, &st0), 0);
+  ap_js_mask_out m = {bits[0], malloc(tu_words(bits[0]) * 8)};
+  ap_js_ckpt *ck = NULL;
+  CHECK_EQ_INT(ap_js_checkpoint_read(s, JOB, 0, &m, 1, &ck), 0);
+  CHECK(ck && ck->ckpt_no == 6 && tu_mask_matches(m.words, bits[0], JOB, 6, 0));
+  ap_js_ckpt_free(ck);
+  ap_js_stats_t st;
+  CHECK_EQ_INT(ap_js_stats(s, &st), 0);
+  CHECKF(st0.map_bytes == (size_t)(1 << 20) && st.map_bytes > st0.map_bytes, "map %zu -> %zu", st0.map_bytes,
+         st.map_bytes);
+  /* And write on top of it. */
+  ap_js_mask_in mi = {bits[0], m.words};
+  uint64_t no;
+  CHECK_EQ_INT(ap_js_checkpoint_write(s, &j, NULL, NULL, 0, &mi, 1, &no, NULL), 0);
+  CHECK_EQ_INT(no, 7);
+  free(m.words);
+  ap_js_close(s);
+  close(go[0]); close(go[1]); close(done[0]); close(done[1]);
+  tu_rmstore(dir);
+}
+
 int main(void) {
   ap_log_init("test_job_store_crash", AP_LOG_ERROR, 0);
   test_stale_reader();
+  test_other_process_growth();
   test_kill_loop();
   TEST_DONE();
 }
