@@ -193,7 +193,8 @@ static void sb_entry(sbuf *b, const ap_llm_layer_index *ix, const Agentprune__V1
       free(clean);
     }
     sb_put(b, ":");
-    size_t shown = d->n_layers < AP_LLM_HISTORY_LAYERS ? d->n_layers : AP_LLM_HISTORY_LAYERS;
+    size_t cap = e->outcome && !e->outcome->accepted ? AP_LLM_HISTORY_LAYERS_RB : AP_LLM_HISTORY_LAYERS;
+    size_t shown = d->n_layers < cap ? d->n_layers : cap;
     for (size_t i = 0; i < shown; i++) {
       const Agentprune__V1__LayerTarget *t = d->layers[i];
       if (!t) continue;

@@ -24,6 +24,7 @@ extern "C" {
 
 #define AP_LLM_HISTORY_RECENT 5        /* history entries quoted verbatim */
 #define AP_LLM_HISTORY_LAYERS 12       /* layers listed per quoted entry */
+#define AP_LLM_HISTORY_LAYERS_RB 64    /* ... per rolled-back entry: the layers to hold matter */
 #define AP_LLM_RATIONALE_QUOTE 300     /* bytes of an earlier rationale quoted */
 #define AP_LLM_DPPL_SHOWN 3            /* newest dppl values per table row */
 
