@@ -4,6 +4,10 @@
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "bitmap.h"
 #include "prune_error.h"
@@ -53,38 +57,58 @@ static void set_run(uint64_t *mask, size_t pos, size_t len) {
 }
 
 /*
- * Keys of one row into keys[0..cols): the score, or AP_SCORE_PRUNED_KEY where
- * the mask already prunes. Returns 1 when a surviving weight scores NaN.
+ * Per-row selection. A row of scores sits in L1, so the cost is a few cheap
+ * passes over it: keys (vectorised), a histogram of the top bits of each key
+ * (exponent + 4 mantissa bits: 16 bins per octave), a scan to the bin that
+ * holds the k-th key, a branch-free copy of that bin's few keys, an exact
+ * select among them, and a vectorised compare that writes the mask bits.
+ * No sort, and no pass depends on the data order.
  */
-static int row_keys(const float *wrow, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
-                    size_t pruned, uint32_t *keys) {
-  uint32_t nan = 0;
-  if (norms) {
-    for (size_t j = 0; j < cols; j++) keys[j] = ap_score_key(wrow[j], norms[j]);
-  } else {
-    for (size_t j = 0; j < cols; j++) keys[j] = ap_score_key(wrow[j], 1.0f);
-  }
-  if (pruned) {
-    for (size_t c0 = 0; c0 < cols; c0 += 64) {
-      unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
-      uint64_t bits = ap_bitmap_load_bits(mask, pos + c0, nb);
-      while (bits) {
-        keys[c0 + (size_t)__builtin_ctzll(bits)] = AP_SCORE_PRUNED_KEY;
-        bits &= bits - 1;
-      }
-    }
-  }
-  for (size_t j = 0; j < cols; j++) nan |= (keys[j] > AP_SCORE_INF_KEY) & (keys[j] != AP_SCORE_PRUNED_KEY);
-  return nan != 0;
+#define ROW_BIN_SHIFT 19
+#define ROW_BINS 4096 /* keys of surviving weights are < 2^31 (sign bit clear) */
+
+typedef struct {
+  uint32_t *keys; /* cols */
+  uint32_t *cand; /* cols */
+  uint32_t *hist; /* ROW_BINS, all zero between rows */
+} row_ws;
+
+static int row_ws_init(row_ws *ws, size_t cols) {
+  ws->keys = malloc(cols * sizeof *ws->keys);
+  ws->cand = malloc(cols * sizeof *ws->cand);
+  ws->hist = calloc(ROW_BINS, sizeof *ws->hist);
+  return ws->keys && ws->cand && ws->hist ? AP_PRUNE_OK : AP_PRUNE_ENOMEM;
 }
 
-/* ORs into the mask the bits of keys < t, or <= t when `inclusive`. */
-static void mark_below(const uint32_t *keys, size_t cols, uint32_t t, int inclusive, uint64_t *mask, size_t pos) {
-  uint32_t lim = inclusive ? t : t - 1; /* t >= 1 whenever !inclusive is used with a pruning need */
+static void row_ws_free(row_ws *ws) {
+  free(ws->keys);
+  free(ws->cand);
+  free(ws->hist);
+}
+
+/* Bits of keys[0..nb) that are <= lim (nb <= 64). */
+static inline uint64_t le_bits(const uint32_t *keys, unsigned nb, uint32_t lim) {
+  uint64_t bits = 0;
+  unsigned b = 0;
+#ifdef __SSE2__
+  /* SSE2 compares signed lanes: flip the sign bit to compare unsigned keys */
+  const __m128i bias = _mm_set1_epi32((int)0x80000000u);
+  const __m128i vlim = _mm_set1_epi32((int)(lim ^ 0x80000000u));
+  for (; b + 4 <= nb; b += 4) {
+    __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(keys + b)), bias);
+    unsigned gt = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(v, vlim)));
+    bits |= (uint64_t)(~gt & 0xFu) << b;
+  }
+#endif
+  for (; b < nb; b++) bits |= (uint64_t)(keys[b] <= lim) << b;
+  return bits;
+}
+
+/* ORs into the mask the bits of keys <= lim. */
+static void mark_le(const uint32_t *keys, size_t cols, uint32_t lim, uint64_t *mask, size_t pos) {
   for (size_t c0 = 0; c0 < cols; c0 += 64) {
     unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
-    uint64_t bits = 0;
-    for (unsigned b = 0; b < nb; b++) bits |= (uint64_t)(keys[c0 + b] <= lim) << b;
+    uint64_t bits = le_bits(keys + c0, nb, lim);
     if (bits) ap_bitmap_or_bits(mask, pos + c0, bits, nb);
   }
 }
@@ -94,7 +118,7 @@ static void mark_below(const uint32_t *keys, size_t cols, uint32_t t, int inclus
  * *over is incremented when the row already exceeds k.
  */
 static int mask_one_row(const float *wrow, const float *norms, size_t cols, size_t k, uint64_t *mask, size_t pos,
-                        uint32_t *keys, uint32_t *scratch, size_t *over) {
+                        row_ws *ws, size_t *over) {
   size_t pruned = ap_bitmap_count_range(mask, pos, pos + cols);
   if (pruned >= k) {
     *over += pruned > k;
@@ -105,22 +129,85 @@ static int mask_one_row(const float *wrow, const float *norms, size_t cols, size
     set_run(mask, pos, cols);
     return AP_PRUNE_OK;
   }
-  if (row_keys(wrow, norms, cols, mask, pos, pruned, keys)) return AP_PRUNE_ENAN;
-  size_t less, equal;
-  uint32_t t = ap_select_u32(keys, cols, need - 1, scratch, &less, &equal);
-  size_t quota = need - less; /* how many of the keys equal to t go: 1..equal */
-  if (quota == equal) {
-    mark_below(keys, cols, t, 1, mask, pos);
-    return AP_PRUNE_OK;
-  }
-  if (less) mark_below(keys, cols, t, 0, mask, pos);
-  for (size_t j = 0; quota; j++) {
-    if (keys[j] == t) {
-      ap_bitmap_set(mask, pos + j);
-      quota--;
+  uint32_t *keys = ws->keys, *hist = ws->hist;
+  uint32_t kmin = UINT32_MAX, kmax = 0;
+  if (norms) {
+#pragma omp simd reduction(min : kmin) reduction(max : kmax)
+    for (size_t j = 0; j < cols; j++) {
+      uint32_t key = ap_score_key(wrow[j], norms[j]);
+      keys[j] = key;
+      kmin = key < kmin ? key : kmin;
+      kmax = key > kmax ? key : kmax;
+    }
+  } else {
+#pragma omp simd reduction(min : kmin) reduction(max : kmax)
+    for (size_t j = 0; j < cols; j++) {
+      uint32_t key = ap_score_key(wrow[j], 1.0f);
+      keys[j] = key;
+      kmin = key < kmin ? key : kmin;
+      kmax = key > kmax ? key : kmax;
     }
   }
-  return AP_PRUNE_OK;
+  for (size_t j = 0; j < cols; j++) hist[keys[j] >> ROW_BIN_SHIFT]++;
+  if (pruned) {
+    /* pruned weights leave the histogram and become the largest keys */
+    for (size_t c0 = 0; c0 < cols; c0 += 64) {
+      unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
+      uint64_t bits = ap_bitmap_load_bits(mask, pos + c0, nb);
+      while (bits) {
+        uint32_t *kp = &keys[c0 + (size_t)__builtin_ctzll(bits)];
+        hist[*kp >> ROW_BIN_SHIFT]--;
+        *kp = AP_SCORE_PRUNED_KEY;
+        bits &= bits - 1;
+      }
+    }
+  }
+  size_t lo_bin = kmin >> ROW_BIN_SHIFT, hi_bin = kmax >> ROW_BIN_SHIFT;
+  int rc = AP_PRUNE_OK;
+  /* bins at and above the one of +inf may hold NaN scores: look closer */
+  for (size_t b = AP_SCORE_INF_KEY >> ROW_BIN_SHIFT; b <= hi_bin && !rc; b++) {
+    if (!hist[b]) continue;
+    for (size_t j = 0; j < cols; j++)
+      if (keys[j] > AP_SCORE_INF_KEY && keys[j] != AP_SCORE_PRUNED_KEY) rc = AP_PRUNE_ENAN;
+    break;
+  }
+  if (rc) goto clean;
+
+  size_t below = 0, bin = lo_bin;
+  for (; below + hist[bin] < need; bin++) below += hist[bin];
+  /* the bin holds a few percent of the row: find them with vector compares */
+  uint32_t bin_lo = (uint32_t)(bin << ROW_BIN_SHIFT), bin_hi = bin_lo + ((1u << ROW_BIN_SHIFT) - 1);
+  size_t c = 0;
+  for (size_t c0 = 0; c0 < cols; c0 += 64) {
+    unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
+    uint64_t in = le_bits(keys + c0, nb, bin_hi);
+    if (bin_lo) in &= ~le_bits(keys + c0, nb, bin_lo - 1);
+    while (in) {
+      ws->cand[c++] = keys[c0 + (size_t)__builtin_ctzll(in)];
+      in &= in - 1;
+    }
+  }
+  uint32_t t = ap_select_u32_inplace(ws->cand, c, need - 1 - below);
+  size_t less = below, equal = 0;
+  for (size_t j = 0; j < c; j++) {
+    less += ws->cand[j] < t;
+    equal += ws->cand[j] == t;
+  }
+  size_t quota = need - less; /* how many of the keys equal to t go: 1..equal */
+  if (quota == equal) {
+    mark_le(keys, cols, t, mask, pos);
+  } else {
+    if (less) mark_le(keys, cols, t - 1, mask, pos); /* less > 0 implies t > 0 */
+    for (size_t j = 0; quota; j++) {
+      if (keys[j] == t) {
+        ap_bitmap_set(mask, pos + j);
+        quota--;
+      }
+    }
+  }
+clean:
+  memset(hist + lo_bin, 0, (hi_bin - lo_bin + 1) * sizeof *hist);
+  return rc;
 }
 
 static int check_args(const float *w, size_t rows, size_t cols, const uint64_t *mask) {
@@ -149,18 +236,19 @@ int ap_mask_rows(const float *w, const double *xsq, size_t rows, size_t cols, do
 
 #pragma omp parallel reduction(+ : over) reduction(min : err)
   {
-    uint32_t *keys = malloc(2 * cols * sizeof *keys);
-    if (!keys) err = AP_PRUNE_ENOMEM;
+    row_ws ws;
+    int ok = row_ws_init(&ws, cols) == AP_PRUNE_OK;
+    if (!ok) err = AP_PRUNE_ENOMEM;
 #pragma omp for schedule(dynamic, 1)
     for (size_t bi = 0; bi < nblocks; bi++) {
-      if (!keys) continue;
+      if (!ok) continue;
       size_t r_end = (bi + 1) * block < rows ? (bi + 1) * block : rows;
       for (size_t r = bi * block; r < r_end; r++) {
-        int e = mask_one_row(w + r * cols, norms, cols, k, mask, r * cols, keys, keys + cols, &over);
+        int e = mask_one_row(w + r * cols, norms, cols, k, mask, r * cols, &ws, &over);
         if (e < err) err = e;
       }
     }
-    free(keys);
+    row_ws_free(&ws);
   }
   free(norms);
   if (rep) {
@@ -263,20 +351,86 @@ int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, d
 
 static int check_nm(unsigned n, unsigned m) { return (m >= 1 && m <= 64 && n <= m) ? AP_PRUNE_OK : AP_PRUNE_EINVAL; }
 
+static inline unsigned popcount64(uint64_t x) {
+  /* SWAR: the build does not assume a POPCNT instruction */
+  x = x - ((x >> 1) & 0x5555555555555555ull);
+  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return (unsigned)((x * 0x0101010101010101ull) >> 56);
+}
+
 /*
- * One group of t <= 64 weights at bit `pos`: prune its `need` lowest surviving
- * keys, ties to the lower index. Rank of i = keys ordered before it.
+ * Bits of the `need` lowest keys of one group of t <= 64 keys, ties to the
+ * lower index: rank[i] counts the keys ordered before key i, one comparison
+ * per pair. Pruned weights carry AP_SCORE_PRUNED_KEY and rank last, so they
+ * are never chosen (need <= surviving count). Inlined with a constant t for
+ * 2:4 and 4:8 so the ranks live in registers.
  */
-static void mask_group(const uint32_t *keys, unsigned t, unsigned need, uint64_t pruned, uint64_t *mask,
-                       size_t pos) {
+static inline uint64_t nm_group_bits(const uint32_t *keys, unsigned t, unsigned need) {
+  unsigned rank[64];
+  for (unsigned i = 0; i < t; i++) rank[i] = 0;
+  for (unsigned i = 0; i < t; i++)
+    for (unsigned j = i + 1; j < t; j++) {
+      unsigned j_first = keys[j] < keys[i];
+      rank[i] += j_first;
+      rank[j] += 1u - j_first;
+    }
   uint64_t bits = 0;
-  for (unsigned i = 0; i < t; i++) {
-    if ((pruned >> i) & 1) continue;
-    unsigned rank = 0;
-    for (unsigned j = 0; j < t; j++) rank += (keys[j] < keys[i]) | ((keys[j] == keys[i]) & (j < i));
-    bits |= (uint64_t)(rank < need) << i;
+  for (unsigned i = 0; i < t; i++) bits |= (uint64_t)(rank[i] < need) << i;
+  return bits;
+}
+
+/* The same for groups of 4 (2:4, 1:4, 3:4), written out so it stays in registers. */
+static inline uint64_t nm4_group_bits(const uint32_t *k, unsigned need) {
+  uint32_t a = k[0], b = k[1], c = k[2], d = k[3];
+  unsigned r0 = (b < a) + (c < a) + (d < a);
+  unsigned r1 = (a <= b) + (c < b) + (d < b);
+  unsigned r2 = (a <= c) + (b <= c) + (d < c);
+  unsigned r3 = (a <= d) + (b <= d) + (c <= d);
+  return (uint64_t)((r0 < need) | (r1 < need) << 1 | (r2 < need) << 2 | (r3 < need) << 3);
+}
+
+/*
+ * One row of N:M. Columns go in chunks of whole groups that fit a 64-bit
+ * mask word, so the mask is read and written once per chunk. Returns 1 when
+ * a surviving weight of a group that needs pruning scores NaN.
+ */
+static inline int nm_row(const float *wrow, const float *norms, size_t cols, unsigned n, unsigned m, uint64_t *mask,
+                         size_t pos, size_t *over) {
+  uint32_t keys[64];
+  const size_t chunk = (64 / m) * m;
+  const uint64_t gmask = m == 64 ? ~(uint64_t)0 : (((uint64_t)1 << m) - 1);
+  int nan = 0;
+  for (size_t c0 = 0; c0 < cols; c0 += chunk) {
+    unsigned nb = cols - c0 < chunk ? (unsigned)(cols - c0) : (unsigned)chunk;
+    uint64_t old = ap_bitmap_load_bits(mask, pos + c0, nb), bits = 0;
+    const float *wc = wrow + c0;
+    if (norms) {
+      const float *nc = norms + c0;
+#pragma omp simd
+      for (unsigned i = 0; i < nb; i++) keys[i] = ap_score_key(wc[i], nc[i]);
+    } else {
+#pragma omp simd
+      for (unsigned i = 0; i < nb; i++) keys[i] = ap_score_key(wc[i], 1.0f);
+    }
+    for (uint64_t p = old; p; p &= p - 1) keys[__builtin_ctzll(p)] = AP_SCORE_PRUNED_KEY;
+    for (unsigned g0 = 0; g0 < nb; g0 += m) {
+      unsigned t = nb - g0 < m ? nb - g0 : m;
+      unsigned target = n < t ? n : t;
+      unsigned have = old ? popcount64((old >> g0) & gmask) : 0;
+      if (have >= target) {
+        *over += have > target;
+        continue;
+      }
+      if (t == 4) bits |= nm4_group_bits(keys + g0, target - have) << g0;
+      else bits |= nm_group_bits(keys + g0, t, target - have) << g0;
+      /* NaN keys sort above every score but below the pruned marker */
+      for (unsigned i = 0; i < t; i++)
+        nan |= (keys[g0 + i] > AP_SCORE_INF_KEY) & (keys[g0 + i] != AP_SCORE_PRUNED_KEY);
+    }
+    if (bits) ap_bitmap_or_bits(mask, pos + c0, bits, nb);
   }
-  ap_bitmap_or_bits(mask, pos, bits, t);
+  return nan;
 }
 
 int ap_mask_nm(const float *w, const double *xsq, size_t rows, size_t cols, unsigned n, unsigned m,
@@ -294,30 +448,11 @@ int ap_mask_nm(const float *w, const double *xsq, size_t rows, size_t cols, unsi
   size_t over = 0;
   int nan = 0;
 
-#pragma omp parallel for schedule(static) reduction(+ : over) reduction(| : nan) if (n > 0)
+#pragma omp parallel for schedule(static) reduction(+ : over) reduction(| : nan)
   for (size_t bi = 0; bi < nblocks; bi++) {
-    uint32_t keys[64];
     size_t r_end = (bi + 1) * block < rows ? (bi + 1) * block : rows;
-    for (size_t r = bi * block; r < r_end; r++) {
-      const float *wrow = w + r * cols;
-      for (size_t c0 = 0; c0 < cols; c0 += m) {
-        unsigned t = cols - c0 < m ? (unsigned)(cols - c0) : m;
-        unsigned target = n < t ? n : t;
-        size_t pos = r * cols + c0;
-        uint64_t pruned = ap_bitmap_load_bits(mask, pos, t);
-        unsigned have = (unsigned)__builtin_popcountll(pruned);
-        if (have >= target) {
-          over += have > target;
-          continue;
-        }
-        for (unsigned i = 0; i < t; i++) {
-          uint32_t key = ap_score_key(wrow[c0 + i], norms ? norms[c0 + i] : 1.0f);
-          keys[i] = ((pruned >> i) & 1) ? AP_SCORE_PRUNED_KEY : key;
-          nan |= !((pruned >> i) & 1) && key > AP_SCORE_INF_KEY;
-        }
-        mask_group(keys, t, target - have, pruned, mask, pos);
-      }
-    }
+    for (size_t r = bi * block; r < r_end; r++)
+      nan |= nm_row(w + r * cols, norms, cols, n, m, mask, r * cols, &over);
   }
   free(norms);
   if (rep) {
