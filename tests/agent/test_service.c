@@ -405,6 +405,66 @@ static void test_many_sessions(void) {
   for (int k = 0; k < 10; k++) ap_rpc_client_free(clients[k]);
 }
 
+/* ---- llm policy integration ----------------------------------------------------------
+ * An agent whose foundation model is unreachable: llm sessions still get
+ * decisions (the llm policy falls back to rule), marked and counted. */
+
+static void test_llm_fallback(ap_store *store) {
+  ap_llm_config lc;
+  ap_llm_config_defaults(&lc);
+  lc.base_url = "http://127.0.0.1:1"; /* nothing listens on port 1 */
+  lc.model = "unreachable";
+  lc.max_retries = 0;
+  lc.timeout_ms = 2000;
+  ap_llm *llm = NULL;
+  char err[512];
+  CHECKF(ap_llm_new(&lc, &llm, err, sizeof err) == 0, "%s", err);
+  ap_llm_config_clear(&lc);
+  if (!llm) return;
+  ap_agent_config ac = {.store = store, .llm = llm};
+  ap_agent *a = ap_agent_new(&ac);
+  Agentprune__V1__Constraints c = AGENTPRUNE__V1__CONSTRAINTS__INIT;
+  c.target_sparsity = 0.5;
+  Agentprune__V1__SessionSpec spec = AGENTPRUNE__V1__SESSION_SPEC__INIT;
+  spec.job_id = "job-llm";
+  spec.policy = "llm";
+  spec.constraints = &c;
+  Agentprune__V1__Session *s = NULL;
+  CHECKF(ap_agent_open_session(a, &spec, &s, err, sizeof err) == AP_OK, "%s", err);
+  if (!s) return;
+  CHECK_STR(s->policy, "llm");
+  Agentprune__V1__ProfileTable *t = fx_table(2, 0);
+  Agentprune__V1__DecideRequest *req = fx_request(s->session_id, 1, t, 0.5);
+  for (uint32_t it = 1; it <= 2; it++) {
+    req->iteration = req->state->iteration = it;
+    req->state->global_sparsity = fx_global(t);
+    Agentprune__V1__Decision *d = NULL;
+    CHECKF(ap_agent_decide(a, req, 30000, &d, err, sizeof err) == AP_OK, "%s", err);
+    if (!d) break;
+    CHECK_STR(d->policy, "rule-fallback");
+    CHECK(d->fallback);
+    CHECK(d->fallback_reason && *d->fallback_reason);
+    CHECK(d->usage && d->usage->fallbacks == 1);
+    CHECK(d->n_layers > 0);
+    ac_apply(t, d);
+    free_msg(d);
+    Agentprune__V1__Outcome o = outcome(s->session_id, it, 1, 10.1, "");
+    CHECKF(ap_agent_reflect(a, &o, err, sizeof err) == AP_OK, "%s", err);
+  }
+  Agentprune__V1__History *h = NULL;
+  CHECK(ap_agent_get_history(a, s->session_id, &h, err, sizeof err) == AP_OK);
+  if (h) {
+    CHECK_EQ_INT(h->n_entries, 2);
+    CHECK_EQ_INT(h->usage->fallbacks, 2);
+    CHECK(h->entries[0]->decision->fallback && h->entries[1]->decision->fallback);
+  }
+  free_msg(h);
+  free_msg(req);
+  free_msg(s);
+  ap_agent_free(a);
+  ap_llm_free(llm);
+}
+
 /* ---- main ------------------------------------------------------------------------------- */
 
 static void *serve(void *p) {
@@ -438,6 +498,7 @@ int main(void) {
   test_errors();
   test_concurrent_retries();
   test_many_sessions();
+  test_llm_fallback(store);
 
   ap_rpc_client_free(client);
   ap_rpc_server_stop(srv);
