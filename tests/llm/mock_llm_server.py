@@ -47,6 +47,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import re
 import socket
 import sys
@@ -293,6 +294,15 @@ def main():
     log_file = open(a.log, "a")
     srv = Server(("127.0.0.1", a.port), Handler)
     print("PORT %d" % srv.server_address[1], flush=True)
+    # A test that crashes cannot stop its server: leave when orphaned.
+    parent = os.getppid()
+
+    def watch_parent():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
     srv.serve_forever()
 
 
