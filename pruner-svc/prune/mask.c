@@ -274,13 +274,12 @@ static int mark_layer(const float *w, const float *norms, size_t cols, size_t n,
     if (!ties) return AP_PRUNE_ENOMEM;
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < nchunks; c++) {
+      uint32_t keys[64];
       size_t cnt = 0;
       for (size_t wi = c * per; wi < (c + 1) * per && wi < nw; wi++) {
-        size_t base = wi * 64, len = n - base < 64 ? n - base : 64;
-        size_t col = base % cols;
+        size_t len = ap_score_word_keys(w, norms, n, cols, wi, keys);
         uint64_t bits = mask[wi];
-        for (size_t b = 0; b < len; b++, col = col + 1 == cols ? 0 : col + 1)
-          cnt += !((bits >> b) & 1) && ap_score_key(w[base + b], norms ? norms[col] : 1.0f) == t;
+        for (size_t b = 0; b < len; b++) cnt += !((bits >> b) & 1) && keys[b] == t;
       }
       ties[c] = cnt;
     }
@@ -294,19 +293,21 @@ static int mark_layer(const float *w, const float *norms, size_t cols, size_t n,
   }
 #pragma omp parallel for schedule(static)
   for (size_t c = 0; c < nchunks; c++) {
+    uint32_t keys[64];
     size_t take = ties ? ties[c] : 0;
     for (size_t wi = c * per; wi < (c + 1) * per && wi < nw; wi++) {
-      size_t base = wi * 64, len = n - base < 64 ? n - base : 64;
-      size_t col = base % cols;
-      uint64_t old = mask[wi], bits = 0;
-      for (size_t b = 0; b < len; b++, col = col + 1 == cols ? 0 : col + 1) {
-        uint32_t key = ap_score_key(w[base + b], norms ? norms[col] : 1.0f);
-        if (key < t || (!ties && key == t)) {
-          bits |= (uint64_t)1 << b;
-        } else if (key == t && take && !((old >> b) & 1)) {
-          bits |= (uint64_t)1 << b;
-          take--;
-        }
+      unsigned len = (unsigned)ap_score_word_keys(w, norms, n, cols, wi, keys);
+      uint64_t old = mask[wi], bits;
+      /* pruned weights already have their bit: OR-ing it again is harmless */
+      if (!ties) {
+        bits = le_bits(keys, len, t);
+      } else {
+        bits = t ? le_bits(keys, len, t - 1) : 0;
+        for (unsigned b = 0; b < len && take; b++)
+          if (keys[b] == t && !((old >> b) & 1)) {
+            bits |= (uint64_t)1 << b;
+            take--;
+          }
       }
       mask[wi] = old | bits;
     }

@@ -57,6 +57,28 @@ static inline float ap_score_from_key(uint32_t k) {
 static inline uint32_t ap_score_key(float w, float norm) { return ap_score_bits(fabsf(w) * norm); }
 
 /*
+ * Keys of the (up to 64) weights of mask word wi of a flat n-weight layer
+ * with `cols` columns into keys[] (norms NULL: magnitude); returns how many.
+ * Vectorised when the word does not wrap to the next row.
+ */
+static inline size_t ap_score_word_keys(const float *w, const float *norms, size_t n, size_t cols, size_t wi,
+                                        uint32_t *keys) {
+  size_t base = wi * 64, len = n - base < 64 ? n - base : 64;
+  size_t col = base % cols;
+  if (!norms) {
+#pragma omp simd
+    for (size_t b = 0; b < len; b++) keys[b] = ap_score_key(w[base + b], 1.0f);
+  } else if (col + len <= cols) {
+#pragma omp simd
+    for (size_t b = 0; b < len; b++) keys[b] = ap_score_key(w[base + b], norms[col + b]);
+  } else {
+    for (size_t b = 0; b < len; b++, col = col + 1 == cols ? 0 : col + 1)
+      keys[b] = ap_score_key(w[base + b], norms[col]);
+  }
+  return len;
+}
+
+/*
  * norms[j] = (float)sqrt(xsq[j]) for j < cols (the caller owns both arrays).
  * Errors: AP_PRUNE_EINVAL (NULL, cols == 0), AP_PRUNE_ENAN (a NaN or
  * negative xsq[j]).
@@ -67,8 +89,9 @@ int ap_score_norms(const double *xsq, size_t cols, float *norms);
  * Layer-wide order statistic: *key = the k-th smallest (0-based) score key
  * among the surviving weights of the whole matrix (mask NULL = all survive);
  * norms NULL = magnitude scores. Optional *n_less / *n_equal: surviving
- * weights with a key below / equal to *key. Two parallel radix passes
- * (16 bits each) over w: linear, no buffer of scores.
+ * weights with a key below / equal to *key. Three parallel radix passes
+ * (digits of 12, 10 and 10 bits, histograms in L1) over w: linear, no
+ * buffer of scores.
  * Errors: AP_PRUNE_EINVAL (NULL w or key, zero size, k >= survivors),
  * AP_PRUNE_ENAN (a NaN score among the survivors), AP_PRUNE_ENOMEM.
  */
