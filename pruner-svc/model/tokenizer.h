@@ -39,7 +39,12 @@
  *     constructs the families use. `\s` and `\S` are rewritten to Unicode
  *     White_Space (Oniguruma's meaning, which includes U+0085; PCRE2's UCP
  *     `\s` does not). \p{..} classes follow PCRE2's Unicode tables.
- *   - NFC uses tables generated from Unicode (see tokenizer_nfc_tables.h).
+ *   - NFC uses tables generated from Unicode 14.0 (tokenizer_nfc_tables.h,
+ *     made by tests/tokenizer/gen_nfc_tables.py), matched byte for byte to
+ *     HF's NFC over every decomposable code point, with one HF quirk copied
+ *     (U+11938 is left alone). Scripts added in Unicode 15-16 (Kawi, Todhri,
+ *     Tulu-Tigalari, Gurung Khema, Kirat Rai) are not normalized, where HF
+ *     (Unicode 16) would compose them.
  *
  * Thread safety: a loaded tokenizer is immutable; any number of threads may
  * call ap_tokenizer_encode/decode on it at once (each call allocates its own

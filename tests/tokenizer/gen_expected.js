@@ -168,6 +168,53 @@ const variants = {};
   };
 }
 
+{
+  // NFC seen through bytes: a byte-level BPE without merges returns the
+  // normalized text's bytes as ids, so HF's NFC is compared byte for byte.
+  const vocab = {};
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    vocab[String.fromCodePoint(printable ? b : 256 + n++)] = b;
+  }
+  const bl = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };
+  variants.nfc_bytes = {
+    version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: { type: 'NFC' },
+    pre_tokenizer: bl, post_processor: null, decoder: bl,
+    model: { type: 'BPE', dropout: null, unk_token: null, fuse_unk: false, byte_fallback: false, vocab, merges: [] },
+  };
+}
+// Every code point that NFD changes (Hangul syllables sampled), with marks
+// sprinkled in, and the same text decomposed, so both halves of NFC are hit.
+const nfcStrings = [];
+{
+  const marks = [0x300, 0x301, 0x308, 0x323, 0x327, 0x345, 0x5b0, 0x93c, 0x3099, 0x1dce, 0xf71, 0xf72, 0x1161, 0x11a8];
+  let chunk = '';
+  for (let cp = 0xa0; cp < 0x30000; cp++) {
+    if (cp >= 0xd800 && cp < 0xe000) continue;
+    // Our NFC tables are Unicode 14.0 (see tokenizer.h); these scripts came later and
+    // their decompositions are a documented gap: Todhri, Tulu-Tigalari, Kawi, Gurung
+    // Khema, Kirat Rai.
+    if ((cp >= 0x105c0 && cp < 0x10600) || (cp >= 0x11380 && cp < 0x11400) || (cp >= 0x11f00 && cp < 0x11f60) ||
+        (cp >= 0x16100 && cp < 0x16140) || (cp >= 0x16d40 && cp < 0x16d80)) continue;
+    const c = String.fromCodePoint(cp);
+    if (c.normalize('NFD') === c) continue;
+    if (cp >= 0xac00 && cp < 0xac00 + 11172 && cp % 53 !== 0) continue;
+    chunk += c;
+    for (let k = rnd(3); k > 0; k--) chunk += String.fromCodePoint(marks[rnd(marks.length)]);
+    if (chunk.length >= 60) {
+      nfcStrings.push(B(chunk), B(chunk.normalize('NFD')));
+      chunk = '';
+    }
+  }
+  if (chunk) nfcStrings.push(B(chunk), B(chunk.normalize('NFD')));
+  for (let i = 0; i < 50; i++) {
+    let h = '';
+    for (let k = 0; k < 20; k++) h += String.fromCodePoint([0x1100 + rnd(19), 0x1161 + rnd(21), 0x11a8 + rnd(27), 0xac00 + rnd(11172)][rnd(4)]);
+    nfcStrings.push(B(h));
+  }
+}
+
 function isNfcStable(s) { return s.normalize('NFC') === s; }
 
 async function run() {
@@ -206,7 +253,8 @@ async function run() {
     const diffs = [];
     // WHATWG decoding: one U+FFFD per maximal invalid subpart, as Rust's
     // from_utf8_lossy; ignoreBOM keeps a leading U+FEFF instead of eating it.
-    const texts = allStrings.map((buf) => new TextDecoder('utf-8', { ignoreBOM: true }).decode(buf));
+    const strings = name === 'nfc_bytes' ? [...allStrings, ...nfcStrings] : allStrings;
+    const texts = strings.map((buf) => new TextDecoder('utf-8', { ignoreBOM: true }).decode(buf));
     const sps = texts.map((_, i) => i % 3 !== 0);
     const ids = new Array(texts.length);
     for (const sp of [true, false]) {
@@ -217,8 +265,8 @@ async function run() {
     const dec = await rust.decodeBatch(ids, true);
     const decAll = await rust.decodeBatch(ids, false);
     let lenmlCompared = 0;
-    for (let i = 0; i < allStrings.length; i++) {
-      const buf = allStrings[i], text = texts[i], sp = sps[i];
+    for (let i = 0; i < strings.length; i++) {
+      const buf = strings[i], text = texts[i], sp = sps[i];
       const valid = Buffer.compare(Buffer.from(text, 'utf8'), buf) === 0;
       const rt = valid && (!usesNfc || isNfcStable(text)) && !text.includes('\u2581') &&
         !(usesMetaspace && text.startsWith(' ')) &&
@@ -250,9 +298,9 @@ async function run() {
     }
     fs.writeFileSync(path.join(outDir, name + '.jsonl'), out.join('\n') + '\n');
     summary.push(lenml
-      ? `${name}: ${allStrings.length} strings; @lenml/tokenizers compared on ${lenmlCompared}, differs from HF Rust on ${lenmlDiff}` +
+      ? `${name}: ${strings.length} strings; @lenml/tokenizers compared on ${lenmlCompared}, differs from HF Rust on ${lenmlDiff}` +
         (lenmlErr ? `, throws on ${lenmlErr}` : '')
-      : `${name}: ${allStrings.length} strings; derived variant, HF Rust only`);
+      : `${name}: ${strings.length} strings; derived variant, HF Rust only`);
     summary.push(...diffs);
     fs.writeFileSync(path.join(outDir, name + '.peers.txt'), summary.join('\n') + '\n');
     console.log(summary.join('\n'));

@@ -13,6 +13,13 @@ SURR = range(0xD800, 0xE000)
 HANGUL_S = range(0xAC00, 0xAC00 + 11172)
 
 
+# Characters whose canonical decomposition Hugging Face tokenizers' NFC (the
+# Rust unicode-normalization crate) does not apply, in either direction: it
+# neither decomposes them nor composes their parts (checked against the Rust
+# peer). The tokenizer must reproduce HF's ids, so it treats them the same way.
+HF_NO_DECOMPOSITION = {0x11938}  # DIVES AKURU VOWEL SIGN O = 11935 + 11930
+
+
 def canon_decomp(cp):
     d = ud.decomposition(chr(cp))
     if not d or d.startswith("<"):
@@ -37,7 +44,7 @@ for cp in range(MAX):
         unsafe.add(cp)
     if cp in HANGUL_S:
         continue
-    d = canon_decomp(cp)
+    d = canon_decomp(cp) if cp not in HF_NO_DECOMPOSITION else None
     if d:
         decomps.append((cp, d[0], d[1] if len(d) > 1 else 0))
         # A primary composite: NFC recomposes its decomposition into it.
