@@ -374,7 +374,9 @@ static ap_rpc_stream *stream_open_once(ap_rpc_client *c, grpc_slice method, grpc
   if (err == GRPC_CALL_OK) sent = pluck(s, &s->tag_send).success;
   grpc_byte_buffer_destroy(send_bb);
   if (!sent) {
-    /* The call failed before the request left: report its status. */
+    /* The call failed before the request left: report its status. A batch
+     * that never started leaves the call alive, so end it first. */
+    if (err != GRPC_CALL_OK) grpc_call_cancel(s->call, NULL);
     stream_finish(s);
     if (st) *st = s->final;
     if (st && st->code == AP_OK) set_status(st, AP_INTERNAL, "stream request could not be sent");

@@ -19,7 +19,9 @@
  *  Evaluate   sleeps EvalSpec.windows milliseconds (polling cancellation),
  *             then returns EvalResult{windows, seconds slept}.
  *  Health     "" and agentprune.v1.Pruner SERVING, agentprune.v1.Agent
- *             NOT_SERVING.
+ *             NOT_SERVING; "fixture.evaluating" SERVING while an Evaluate
+ *             handler runs (health is answered without a handler thread,
+ *             so tests can watch a saturated pool through it).
  */
 #include "agentprune/v1/pruner.pb-c.h"
 #include "config.h"
@@ -108,16 +110,17 @@ static int watch_job(ap_rpc_call *call, const ProtobufCMessage *request, void *u
 static int evaluate(ap_rpc_call *call, const ProtobufCMessage *request, void *user) {
   const Agentprune__V1__EvalSpec *spec = (const Agentprune__V1__EvalSpec *)request;
   double t0 = now_s();
-  atomic_fetch_add(&g_evaluating, 1);
+  ap_rpc_server *srv = ap_rpc_call_server(call);
+  if (atomic_fetch_add(&g_evaluating, 1) == 0) ap_rpc_server_set_health(srv, "fixture.evaluating", 1);
   /* Long compute that notices a client that went away. */
   while ((now_s() - t0) * 1000.0 < spec->windows) {
     if (ap_rpc_call_cancelled(call)) {
-      atomic_fetch_sub(&g_evaluating, 1);
+      if (atomic_fetch_sub(&g_evaluating, 1) == 1) ap_rpc_server_set_health(srv, "fixture.evaluating", 2);
       return ap_rpc_error(call, AP_CANCELLED, "client went away");
     }
     sleep_ms(5);
   }
-  atomic_fetch_sub(&g_evaluating, 1);
+  if (atomic_fetch_sub(&g_evaluating, 1) == 1) ap_rpc_server_set_health(srv, "fixture.evaluating", 2);
   Agentprune__V1__EvalResult res = AGENTPRUNE__V1__EVAL_RESULT__INIT;
   res.windows = spec->windows;
   res.seconds = now_s() - t0;
@@ -170,6 +173,7 @@ int main(int argc, char **argv) {
   }
   ap_rpc_server_set_health(srv, "agentprune.v1.Pruner", 1);
   ap_rpc_server_set_health(srv, "agentprune.v1.Agent", 2);
+  ap_rpc_server_set_health(srv, "fixture.evaluating", 2);
   ap_rpc_install_signal_handlers();
   int port = ap_rpc_server_start(srv);
   if (port <= 0) {
