@@ -499,6 +499,7 @@ struct ap_tokenizer {
   size_t n_dec;
   int has_decoder;
   ivec prefix, suffix;        /* TemplateProcessing around $A */
+  int32_t max_id;             /* ids beyond this are refused at load (see ensure_ids) */
 };
 
 static const smap *model_map(const ap_tokenizer *t) { return t->byte_level ? &t->bytes_vocab : &t->vocab; }
@@ -962,7 +963,7 @@ int ap_tokenizer_encode(const ap_tokenizer *t, const char *text, size_t len, int
                         size_t *n) {
   if (ids) *ids = NULL;
   if (n) *n = 0;
-  if (!t || !ids || !n || (!text && len)) return AP_TOK_EARG;
+  if (!t || !ids || !n || (!text && len) || len > AP_TOKENIZER_MAX_TEXT) return AP_TOK_EARG;
   enc_ctx c;
   memset(&c, 0, sizeof c);
   c.t = t;
@@ -1562,9 +1563,14 @@ static int add_post(ap_tokenizer *t, lctx *L, const cJSON *o) {
   return 0;
 }
 
-/* Ensures id slots exist up to id. */
-static int ensure_ids(ap_tokenizer *t, int32_t id, size_t *cap) {
+/* Ensures id slots exist up to id. Ids are dense in real files; a hostile
+ * file must not make us allocate per-id arrays far larger than its token
+ * count, hence t->max_id. */
+static int ensure_ids(ap_tokenizer *t, lctx *L, int32_t id, size_t *cap) {
   if (id < t->n_ids) return 0;
+  if (id > t->max_id)
+    return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "id %d is far beyond the %d tokens of the file", id,
+                   (t->max_id - 65536) / 4);
   size_t need = (size_t)id + 1, old = *cap;
   if (need > *cap) {
     size_t c = old ? old : 1024;
@@ -1617,7 +1623,7 @@ static int load_model(ap_tokenizer *t, lctx *L, const cJSON *m, size_t *idcap) {
     if (jid(it, &id))
       return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "vocab entry \"%.100s\": id is not an integer in [0, 2^28]",
                      it->string);
-    if ((rc = ensure_ids(t, id, idcap))) return rc;
+    if ((rc = ensure_ids(t, L, id, idcap))) return rc;
     if (t->tok_off[id] != SIZE_MAX)
       return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "vocab: id %d is given to two tokens", id);
     size_t len = strlen(it->string), off = t->strs.n;
@@ -1785,7 +1791,7 @@ static int load_added(ap_tokenizer *t, lctx *L, const cJSON *list, size_t *idcap
     if (in_vocab >= 0 && in_vocab != id)
       return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "added token \"%.100s\" has id %d but the vocab says %d",
                      content->valuestring, id, in_vocab);
-    if ((rc = ensure_ids(t, id, idcap))) return rc;
+    if ((rc = ensure_ids(t, L, id, idcap))) return rc;
     if (in_vocab < 0 && t->tok_off[id] != SIZE_MAX) {
       uint32_t ol = t->tok_len[id];
       if (ol != len || memcmp(t->strs.p + t->tok_off[id], content->valuestring, len))
@@ -1856,7 +1862,14 @@ int ap_tokenizer_load_json(const char *json, size_t len, ap_tokenizer **out, cha
       goto fail;
     }
   }
-  if ((rc = load_model(t, &L, cJSON_GetObjectItemCaseSensitive(root, "model"), &idcap))) goto fail;
+  {
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+    long long ntok = (long long)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m, "vocab")) +
+                     cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(root, "added_tokens"));
+    long long cap_ids = 4 * ntok + 65536;
+    t->max_id = (int32_t)(cap_ids < (1 << 28) ? cap_ids : (1 << 28));
+    if ((rc = load_model(t, &L, m, &idcap))) goto fail;
+  }
   if ((rc = load_added(t, &L, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), &idcap))) goto fail;
   const cJSON *norm = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
   if (norm && !cJSON_IsNull(norm) && (rc = add_norm(t, &L, norm))) goto fail;

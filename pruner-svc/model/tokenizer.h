@@ -79,6 +79,9 @@ enum ap_tok_error {
 
 typedef struct ap_tokenizer ap_tokenizer;
 
+/* Longest text one encode call takes (symbol indices are 32-bit). */
+#define AP_TOKENIZER_MAX_TEXT ((size_t)1 << 30)
+
 /*
  * Loads a Hugging Face tokenizer.json file.
  * On success returns 0 and sets *out (free it with ap_tokenizer_free).
@@ -102,7 +105,8 @@ int ap_tokenizer_load_json(const char *json, size_t len, ap_tokenizer **out, cha
  * the text are always recognized, as in HF.
  * On success returns 0, *ids is a malloc'ed array of *n ids that the caller
  * frees with free() (*ids may be NULL when *n is 0).
- * Errors: AP_TOK_EARG (NULL t/ids/n, or NULL text with len > 0),
+ * Errors: AP_TOK_EARG (NULL t/ids/n, NULL text with len > 0, or len over
+ * AP_TOKENIZER_MAX_TEXT),
  * AP_TOK_ENOMEM, AP_TOK_EMATCH; *ids is NULL and *n 0 then.
  */
 int ap_tokenizer_encode(const ap_tokenizer *t, const char *text, size_t len, int add_special,

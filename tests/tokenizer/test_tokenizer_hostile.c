@@ -54,6 +54,7 @@ static void m_vocab_array(cJSON *r) { set(model(r), "vocab", parse("[\"a\", \"b\
 static void m_vocab_negative(cJSON *r) { set(cJSON_GetObjectItem(model(r), "vocab"), "zz", cJSON_CreateNumber(-3)); }
 static void m_vocab_fraction(cJSON *r) { set(cJSON_GetObjectItem(model(r), "vocab"), "zz", cJSON_CreateNumber(2.5)); }
 static void m_vocab_string_id(cJSON *r) { set(cJSON_GetObjectItem(model(r), "vocab"), "zz", cJSON_CreateString("7")); }
+static void m_vocab_huge_id(cJSON *r) { set(cJSON_GetObjectItem(model(r), "vocab"), "zz", cJSON_CreateNumber(200000000)); }
 static void m_vocab_dup_id(cJSON *r) { set(cJSON_GetObjectItem(model(r), "vocab"), "zz", cJSON_CreateNumber(300)); }
 static void m_no_merges(cJSON *r) { cJSON_DeleteItemFromObject(model(r), "merges"); }
 static void m_merge_unknown(cJSON *r) {
@@ -193,6 +194,7 @@ int main(int argc, char **argv) {
   mutate(base, "fractional id", m_vocab_fraction, AP_TOK_EFORMAT);
   mutate(base, "string id", m_vocab_string_id, AP_TOK_EFORMAT);
   mutate(base, "two tokens with one id", m_vocab_dup_id, AP_TOK_EFORMAT);
+  mutate(base, "id far beyond the token count", m_vocab_huge_id, AP_TOK_EFORMAT);
   mutate(base, "no merges", m_no_merges, AP_TOK_EFORMAT);
   mutate(base, "merge of an unknown token", m_merge_unknown, AP_TOK_EFORMAT);
   mutate(base, "merge with three parts", m_merge_three, AP_TOK_EFORMAT);
