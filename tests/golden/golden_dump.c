@@ -3,7 +3,7 @@
  * PyTorch reference (torch_ref.py) recomputes independently:
  *
  *   tokens.i32        every token id of the whole text (our C tokenizer)
- *   window_nll.f64    NLL sum of each evaluated window (first --windows windows)
+ *   window_nll.f64    NLL sum of each of the first min(8, --windows) windows
  *   logits0.f32       logits of window 0, [ctx, vocab]
  *   grad/<i>.f32      dL/dW of eligible layer i for window 0 (L = mean NLL)
  *   colsq/<i>.f64     Wanda column sums of squares over the first --stats-windows windows
@@ -100,11 +100,12 @@ int main(int argc, char **argv) {
   ap_ppl_opts po = {.ctx = ctx, .max_windows = nw};
   ap_ppl_result pr;
   if (ap_perplexity(m, &td, &po, &pr, err, sizeof err)) goto fail;
-  double *wnll = calloc((size_t)nw, sizeof *wnll);
+  int64_t nw_each = nw < 8 ? nw : 8; /* per-window NLL of the first few windows */
+  double *wnll = calloc((size_t)nw_each, sizeof *wnll);
   double nll = 0;
   int64_t pred = 0;
-  if (!wnll || ap_model_forward(m, td.tokens, (int)nw, ctx, 0, &nll, &pred, wnll)) goto fail_model;
-  int werr = write_file(out, "window_nll.f64", wnll, (size_t)nw * sizeof *wnll);
+  if (!wnll || ap_model_forward(m, td.tokens, (int)nw_each, ctx, 0, &nll, &pred, wnll)) goto fail_model;
+  int werr = write_file(out, "window_nll.f64", wnll, (size_t)nw_each * sizeof *wnll);
   free(wnll);
   if (werr) goto fail_quiet;
 

@@ -478,6 +478,16 @@ static void test_stats_and_masks(void) {
     for (int i = 0; i < NW; i++) good &= work[i] == o32[i];
     CHECKF(good, "restore from %s", apk_dtype_name(origs[k].dtype));
   }
+  /* |x| summed over kept elements only */
+  double kept = 0, ref_kept = 0, all = 0;
+  for (int i = 0; i < NW; i++) {
+    if (i % 3) ref_kept += fabs((double)o32[i]);
+  }
+  apk_tensor t_o32 = T2(APK_F32, o32, R, K);
+  CHECK_EQ_INT(apk_abs_sum_kept(ctx, &kept, &t_o32, &tm), APK_OK);
+  CHECK_NEAR(kept, ref_kept, 1e-12);
+  CHECK_EQ_INT(apk_abs_sum_kept(ctx, &all, &t_o32, NULL), APK_OK);
+  CHECK(all > kept);
   apk_tensor short_mask = T1(APK_U8, mask, 3);
   CHECK_EQ_INT(apk_mask_apply(ctx, &tw, &origs[0], &short_mask), APK_EINVAL);
   free(unaligned);
