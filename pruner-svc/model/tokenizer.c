@@ -373,15 +373,48 @@ static int nfc_decompose(uint32_t c, uint32_t **d, size_t *n, size_t *cap) {
   return 0;
 }
 
-/* 1 when s is certainly NFC already (the common case, checked in one pass). */
-static int nfc_quick_yes(const char *s, size_t n) {
-  const unsigned char *u = (const unsigned char *)s;
-  size_t i = 0;
+/* Byte offset of the first character at or after i that NFC may change or
+ * move (NFC_Quick_Check != Yes, or ccc != 0), or n. Every other character is
+ * a normalization boundary: text on either side normalizes independently. */
+static size_t nfc_next_unsafe(const unsigned char *u, size_t n, size_t i, size_t *end) {
   while (i < n) {
     if (u[i] < 0xCC) { i += u[i] < 0x80 ? 1 : 2; continue; } /* below U+0300 */
-    if (nfc_unsafe_cp(utf8_next(u, &i))) return 0;
+    size_t j = i;
+    if (nfc_unsafe_cp(utf8_next(u, &j))) { *end = j; return i; }
+    i = j;
   }
-  return 1;
+  return n;
+}
+
+static int nfc_quick_yes(const char *s, size_t n) {
+  size_t end;
+  return nfc_next_unsafe((const unsigned char *)s, n, 0, &end) == n;
+}
+
+static int nfc_into(const char *s, size_t n, strbuf *out);
+
+/* Appends NFC(s) to out, normalizing only the spans around unsafe
+ * characters: from the character before one (it may compose with it) to the
+ * next safe character. */
+static int nfc_spans(const char *s, size_t n, strbuf *out) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t copied = 0, end;
+  for (size_t at = nfc_next_unsafe(u, n, 0, &end); at < n; at = nfc_next_unsafe(u, n, copied, &end)) {
+    size_t start = at;
+    if (start > copied) {
+      start--;
+      while (start > copied && (u[start] & 0xC0) == 0x80) start--;
+    }
+    size_t stop = end;
+    while (stop < n) {
+      size_t next;
+      if (nfc_next_unsafe(u, n, stop, &next) != stop) break;
+      stop = next;
+    }
+    if (sb_append(out, s + copied, start - copied) || nfc_into(s + start, stop - start, out)) return AP_TOK_ENOMEM;
+    copied = stop;
+  }
+  return sb_append(out, s + copied, n - copied);
 }
 
 /* Appends NFC(s) to out. s is valid UTF-8. */
@@ -530,7 +563,7 @@ static int normalize(const ap_tokenizer *t, const char *s, size_t n, strbuf *out
     if (st->kind == NORM_NFC) {
       if (nfc_quick_yes(cur, curn)) continue;
       dst->n = 0;
-      if (nfc_into(cur, curn, dst)) return AP_TOK_ENOMEM;
+      if (nfc_spans(cur, curn, dst)) return AP_TOK_ENOMEM;
     } else if (st->kind == NORM_PREPEND) {
       if (!curn) continue;
       dst->n = 0;
