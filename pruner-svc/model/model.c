@@ -176,8 +176,9 @@ static int model_skeleton(ap_model *m, const ap_model_opts *opts) {
       l->rows = shapes[k][0];
       l->cols = shapes[k][1];
       if (l->rows * l->cols > m->max_weight) m->max_weight = l->rows * l->cols;
-      l->mask_bytes = (size_t)((l->rows * l->cols + 7) / 8);
-      l->mask = calloc(l->mask_bytes, 1);
+      l->mask_words = (size_t)((l->rows * l->cols + 63) / 64);
+      l->mask_bytes = l->mask_words * sizeof *l->mask;
+      l->mask = calloc(l->mask_words, sizeof *l->mask);
       if (!l->mask) return fail(m, AP_MODEL_ENOMEM, "out of memory for masks");
       if (apk_tensor_alloc2(m->ctx, &l->weight, APK_F32, l->rows, l->cols))
         return fail(m, AP_MODEL_ENOMEM, "out of memory for %s", l->name);
@@ -362,7 +363,7 @@ static apk_tensor orig_view(const ap_linear *l) {
 }
 
 static apk_tensor mask_view(const ap_linear *l) {
-  int64_t s[1] = {(int64_t)l->mask_bytes};
+  int64_t s[1] = {(int64_t)(l->mask_words * sizeof *l->mask)};
   return apk_view(APK_CPU, APK_U8, l->mask, 1, s);
 }
 

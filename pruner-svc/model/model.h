@@ -67,11 +67,15 @@ typedef struct ap_linear {
   const void *orig;         /* read-only original weights (mmap view; may be unaligned) */
   apk_tensor weight;        /* F32 working weights used for compute [rows, cols] */
   apk_tensor bias;          /* F32 [rows], data NULL when the layer has none */
-  /* Mask: rows*cols bits, row-major, bit i = (mask[i/8] >> (i%8)) & 1,
-   * 1 = pruned. All zero after load. The caller edits it, then calls
-   * ap_model_apply_mask(). */
-  uint8_t *mask;
-  size_t mask_bytes;
+  /* Mask: rows*cols bits, row-major, 1 = pruned: the layout of
+   * pruner-svc/prune/bitmap.h (ceil(n/64) uint64_t words, bit i = bit i%64
+   * of word i/64), so ap_bitmap_* functions work on it directly. On the
+   * little-endian hosts we build for, its bytes are the LSB-first byte
+   * bitmap of ap_math.h that the kernels read. All zero after load. The
+   * caller edits it, then calls ap_model_apply_mask(). */
+  uint64_t *mask;
+  size_t mask_words;
+  size_t mask_bytes;        /* mask_words * 8 */
   /* Statistics (host memory on the CPU backend): see ap_model_stats_enable
    * and ap_model_grad_enable. NULL data until enabled. */
   apk_tensor act_sumsq;     /* F64 [cols]: sum over tokens of x_j^2 of this layer's input */

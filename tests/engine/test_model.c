@@ -74,7 +74,7 @@ static void test_stories(void) {
 
   /* mask every other weight of block 0's q_proj */
   ap_linear *q = ap_model_linear(m, 0);
-  for (int64_t i = 0; i < q->rows * q->cols; i += 2) q->mask[i >> 3] |= (uint8_t)(1u << (i & 7));
+  for (int64_t i = 0; i < q->rows * q->cols; i += 2) q->mask[i >> 6] |= (uint64_t)1 << (i & 63);
   CHECK_EQ_INT(ap_model_apply_mask(m, 0), AP_MODEL_OK);
   const float *w = q->weight.data;
   int ok = 1;

@@ -12,7 +12,8 @@
  *                     and the ppl recomputed through the block-by-block API
  *
  * usage: golden_dump --model DIR --text FILE --ctx L --windows N (0 = all)
- *                    --grad-windows G --stats-windows S --out DIR
+ *                    --grad-windows G --stats-windows S --out DIR [--ppl-only 1]
+ * With --ppl-only 1 it only prints the perplexity over the windows as JSON.
  */
 #include <errno.h>
 #include <math.h>
@@ -53,7 +54,7 @@ static void on_grad(void *user, int layer, const apk_tensor *g) {
 int main(int argc, char **argv) {
   const char *model_dir = NULL, *text = NULL, *out = NULL;
   int ctx = 0;
-  long windows = 0, grad_windows = 1, stats_windows = 1;
+  long windows = 0, grad_windows = 1, stats_windows = 1, ppl_only = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model")) model_dir = argv[i + 1];
     else if (!strcmp(argv[i], "--text")) text = argv[i + 1];
@@ -62,6 +63,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--windows")) windows = atol(argv[i + 1]);
     else if (!strcmp(argv[i], "--grad-windows")) grad_windows = atol(argv[i + 1]);
     else if (!strcmp(argv[i], "--stats-windows")) stats_windows = atol(argv[i + 1]);
+    else if (!strcmp(argv[i], "--ppl-only")) ppl_only = atol(argv[i + 1]);
     else {
       fprintf(stderr, "golden_dump: unknown option %s\n", argv[i]);
       return 2;
@@ -100,6 +102,13 @@ int main(int argc, char **argv) {
   ap_ppl_opts po = {.ctx = ctx, .max_windows = nw};
   ap_ppl_result pr;
   if (ap_perplexity(m, &td, &po, &pr, err, sizeof err)) goto fail;
+  if (ppl_only) { /* reference numbers: print and stop */
+    printf("{\"ppl\": %.6f, \"nll\": %.8f, \"tokens\": %lld, \"windows\": %lld, \"ctx\": %d, "
+           "\"tokens_per_s\": %.0f}\n",
+           pr.ppl, pr.nll, (long long)pr.tokens, (long long)pr.windows, pr.ctx, pr.tokens_per_s);
+    rc = 0;
+    goto done;
+  }
   int64_t nw_each = nw < 8 ? nw : 8; /* per-window NLL of the first few windows */
   double *wnll = calloc((size_t)nw_each, sizeof *wnll);
   double nll = 0;
