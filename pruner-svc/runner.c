@@ -1053,6 +1053,8 @@ static void run_job(pruner *p, job_runner *r) {
   j.r = r;
   j.started = mono_s();
   j.trajectory = cJSON_CreateArray();
+  agentprune__v1__job_state__init(&j.state);
+  agentprune__v1__usage__init(&j.usage);
   char err[1024] = "";
   if (ap_js_job_get(p->store, r->id, &j.stored) != 0) {
     AP_ERROR("job %s vanished from the store", r->id);
