@@ -89,6 +89,9 @@ static int spawn(const char *bin, char *const argv[], const char *log) {
       dup2(fd, STDOUT_FILENO);
       close(fd);
     }
+    /* Local services share the user's cores with everything else: spinning
+       OpenMP/BLAS threads then cost several times their work (docs/engine.md). */
+    setenv("OMP_WAIT_POLICY", "passive", 0);
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, STDIN_FILENO);
     execv(bin, argv);
