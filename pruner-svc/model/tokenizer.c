@@ -1002,7 +1002,7 @@ int ap_tokenizer_encode(const ap_tokenizer *t, const char *text, size_t len, int
   c.t = t;
   strbuf fixed = {0};
   int rc = AP_TOK_ENOMEM;
-  c.cache_cap = 1024;
+  c.cache_cap = 64; /* grows with the text; small calls stay cheap */
   c.cache = calloc(c.cache_cap, sizeof *c.cache);
   /* ovector of 1 pair is enough: only whole-match offsets are read */
   c.md = pcre2_match_data_create(1, NULL);
