@@ -201,11 +201,36 @@ static void make_job_id(char *out, size_t len) {
 
 static int finite_in(double v, double lo, double hi) { return isfinite(v) && v >= lo && v <= hi; }
 
+/* The job an earlier SubmitJob with this client_request_id created, or NULL.
+   A retry must get that job back even when the world changed since (its
+   out_dir is no longer empty, the agent went away), so this runs before the
+   checks that depend on such state. The store has no lookup by request id,
+   hence the scan; it runs only for requests that carry an id. */
+static Agentprune__V1__Job *find_by_request_id(pruner *p, const char *rid) {
+  if (!rid || !*rid) return NULL;
+  Agentprune__V1__Job **jobs = NULL, *found = NULL;
+  size_t n = 0;
+  if (ap_js_job_list(p->store, 0, 0, &jobs, &n) != 0) return NULL;
+  for (size_t i = 0; i < n && !found; i++)
+    if (jobs[i]->spec && jobs[i]->spec->client_request_id && !strcmp(jobs[i]->spec->client_request_id, rid)) {
+      found = jobs[i];
+      jobs[i] = NULL;
+    }
+  ap_js_jobs_free(jobs, n);
+  return found;
+}
+
 static int handle_submit(ap_rpc_call *call, const ProtobufCMessage *request, void *user) {
   pruner *p = user;
   const Agentprune__V1__JobSpec *in = (const Agentprune__V1__JobSpec *)request;
   char model[PATH_MAX], calib[PATH_MAX], eval[PATH_MAX], test[PATH_MAX] = "", out[PATH_MAX];
   int rc;
+  Agentprune__V1__Job *earlier = find_by_request_id(p, in->client_request_id);
+  if (earlier) {
+    ap_rpc_reply(call, &earlier->base);
+    agentprune__v1__job__free_unpacked(earlier, NULL);
+    return AP_OK;
+  }
   if ((rc = resolve(p, call, "model_dir", in->model_dir, 1, 1, model, sizeof model)) ||
       (rc = check_model_dir(call, model)) ||
       (rc = resolve(p, call, "calib_path", in->calib_path, 1, 0, calib, sizeof calib)) ||
