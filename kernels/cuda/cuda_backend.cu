@@ -323,7 +323,8 @@ int cu_dred(cuda_state *st, size_t n) {
 }
 
 /* The state behind an apk_ctx. ap_kernels.c keeps it private; when it
- * exports apk_ctx_backend_state() (see the patch in docs) that is used,
+ * exports apk_ctx_backend_state() (a one-line accessor proposed to the
+ * kernels owner) that is used,
  * otherwise the only live CUDA context is (one job per GPU per process). */
 extern "C" void *apk_ctx_backend_state(apk_ctx *ctx) __attribute__((weak));
 
