@@ -2,6 +2,7 @@
  * bench_forward.c - forward (and one backward) throughput of the CPU engine,
  * as a fraction of the machine's OpenBLAS SGEMM rate measured in the same run.
  *
+ * Every figure is the best of 3 runs (the machine may be shared).
  * Baseline: the best of 3 runs of a 2048^3 cblas_sgemm (FLOP = 2 M N K).
  * Models: the shared stories260K (ctx 512) and tinyqwen3-a (ctx 256), and a
  * random-weight Llama-shaped model (hidden 1024, 8 layers, 16 heads, 8 kv
@@ -68,9 +69,14 @@ static void run(const char *label, ap_model *m, int T, int windows, double peak)
   double nll = 0;
   int64_t pred = 0;
   ap_model_forward(m, tok, 1, T, 0, &nll, &pred, NULL); /* warm-up: buffers, tables */
-  double t0 = now_s();
-  int rc = ap_model_forward(m, tok, windows, T, 0, &nll, &pred, NULL);
-  double t = now_s() - t0;
+  /* best of 3: the machine is shared, the minimum is the engine's own speed */
+  double t = 1e30, t0;
+  int rc = 0;
+  for (int r = 0; r < 3 && !rc; r++) {
+    t0 = now_s();
+    rc = ap_model_forward(m, tok, windows, T, 0, &nll, &pred, NULL);
+    if (now_s() - t0 < t) t = now_s() - t0;
+  }
   if (rc) {
     printf("%-22s forward failed: %s\n", label, ap_model_error(m));
     free(tok);
@@ -80,9 +86,12 @@ static void run(const char *label, ap_model *m, int T, int windows, double peak)
   printf("%-22s ctx %4d  forward %9.0f tok/s  %7.2f GFLOP/s  = %5.1f%% of SGEMM\n", label, T,
          (double)T * windows / t, gf, 100.0 * gf / peak);
   ap_model_grad_enable(m, 0);
-  t0 = now_s();
-  rc = ap_model_backward_window(m, tok, T, NULL);
-  t = now_s() - t0;
+  t = 1e30;
+  for (int r = 0; r < 3 && !rc; r++) {
+    t0 = now_s();
+    rc = ap_model_backward_window(m, tok, T, NULL);
+    if (now_s() - t0 < t) t = now_s() - t0;
+  }
   if (!rc) {
     double bf = 4.0 * forward_flop_per_window(c, T) / t / 1e9; /* fwd + recompute + 2x backward */
     printf("%-22s ctx %4d  backward %8.0f tok/s  %7.2f GFLOP/s  = %5.1f%% of SGEMM (one window)\n", label, T,
