@@ -83,6 +83,7 @@ typedef struct {
   double dense_full_ppl, dense_test_ppl, ppl_full, test_ppl;
   int has_test;
   char session_id[128];
+  uint32_t event_iteration;         /* the iteration in progress, which its events carry; 0 between them */
   int local_mode;                   /* the agent is unreachable for good: rule decisions made here */
   cJSON *trajectory;                /* array, one object per iteration */
   cJSON *last_outcome;              /* the Reflect to (re)send on resume; NULL when none */
@@ -161,7 +162,7 @@ static void fill_event(job *j, Agentprune__V1__JobEvent *ev, Agentprune__V1__Job
   ev->job_id = j->stored->id;
   ev->time_unix_ms = now_ms();
   ev->type = type;
-  ev->iteration = j->state.iteration;
+  ev->iteration = j->event_iteration ? j->event_iteration : j->state.iteration;
   ev->global_sparsity = j->state.global_sparsity;
   ev->ppl = ppl;
   ev->accepted_ppl = j->state.current_ppl;
@@ -477,6 +478,41 @@ done:
   return rc;
 }
 
+/* The DECISION event: the per-layer targets of this iteration as applied (after clamping). */
+static void emit_decision(job *j, const cJSON *dec, const char *policy) {
+  int n = cJSON_GetArraySize(dec);
+  Agentprune__V1__LayerTarget *cells = calloc((size_t)n + 1, sizeof *cells);
+  Agentprune__V1__LayerTarget **ptrs = calloc((size_t)n + 1, sizeof *ptrs);
+  if (!cells || !ptrs) {
+    free(cells);
+    free(ptrs);
+    AP_ERROR("job %s: out of memory for the decision event", j->stored->id);
+    return;
+  }
+  int k = 0;
+  const cJSON *d;
+  cJSON_ArrayForEach(d, dec) {
+    agentprune__v1__layer_target__init(&cells[k]);
+    cells[k].name = cJSON_GetObjectItemCaseSensitive(d, "name")->valuestring;
+    cells[k].target_sparsity = jnum(d, "target_sparsity");
+    ptrs[k] = &cells[k];
+    k++;
+  }
+  char msg[256];
+  snprintf(msg, sizeof msg, "decision (%s): %d layer targets", policy, n);
+  Agentprune__V1__LayerSparsity **ls = NULL;
+  Agentprune__V1__Job rec = build_job(j, &ls);
+  Agentprune__V1__JobEvent ev;
+  fill_event(j, &ev, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_DECISION, 0, msg);
+  ev.n_decision = (size_t)k;
+  ev.decision = ptrs;
+  int rc = ap_js_job_put(j->p->store, &rec, &ev, NULL);
+  if (rc) AP_ERROR("job %s: cannot record event: %s", j->stored->id, ap_js_strerror(rc));
+  free_layers(ls);
+  free(cells);
+  free(ptrs);
+}
+
 /* ---- the agent loop ------------------------------------------------------------ */
 
 /* Each layer's relative ppl change in earlier iterations that touched it. */
@@ -585,6 +621,8 @@ static int one_iteration(job *j, int *no_progress, char *err, size_t errlen) {
      [current, min(current + step cap, ceiling)]. */
   cJSON *entry = cJSON_CreateObject(), *dec = cJSON_AddArrayToObject(entry, "decision");
   cJSON_AddNumberToObject(entry, "iteration", it);
+  char d_policy[64];
+  snprintf(d_policy, sizeof d_policy, "%s", d->policy ? d->policy : "");
   cJSON_AddStringToObject(entry, "policy", local_used ? "rule-local-fallback" : d->policy);
   cJSON_AddBoolToObject(entry, "fallback", local_used || d->fallback);
   cJSON_AddStringToObject(entry, "fallback_reason",
@@ -623,6 +661,7 @@ static int one_iteration(job *j, int *no_progress, char *err, size_t errlen) {
     cJSON_Delete(entry);
     return rc;
   }
+  emit_decision(j, dec, local_used ? "rule-local-fallback" : d_policy);
   double before_sparsity = j->state.global_sparsity;
   j->state.global_sparsity = wl_global_sparsity(&j->w);
   emit(j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_APPLIED, 0, "applied %d layer targets: sparsity %.4f -> %.4f",
@@ -1030,7 +1069,10 @@ static int run(job *j, char *err, size_t errlen) {
       break;
     }
     if (should_stop(j)) return AP_CANCELLED;
-    if ((rc = one_iteration(j, &no_progress, err, errlen))) return rc;
+    j->event_iteration = j->state.iteration + 1;
+    rc = one_iteration(j, &no_progress, err, errlen);
+    j->event_iteration = 0;
+    if (rc) return rc;
   }
   rc = finish(j, err, errlen);
   if (rc == AP_OK && !j->local_mode && j->session_id[0]) {
