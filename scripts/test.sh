@@ -33,12 +33,13 @@ run_suite() { # name build-dir cmake-args... ; ctest label filter via AP_CTEST_A
 
 mkdir -p build-ci
 run_suite release build-ci/release
-# Sanitizer run: the C tests again under ASan+UBSan (slow peer-comparison and
-# benchmark-sized tests carry the label "slow" and run only in the release suite).
+# Sanitizer run: every test again under ASan+UBSan (with LeakSanitizer),
+# except those labelled slow (whole-product runs), golden (torch comparisons
+# of the same engine code the kernel and model tests cover), valgrind (it
+# cannot run ASan binaries) and gpu.
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1"
-export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-AP_CTEST_ARGS_asan="-LE slow" run_suite asan build-ci/asan -DAP_SANITIZE=ON -DAP_CUDA=OFF
+AP_CTEST_ARGS_asan="-LE slow|golden|valgrind|gpu" run_suite asan build-ci/asan -DAP_SANITIZE=ON -DAP_CUDA=OFF
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
