@@ -33,6 +33,25 @@ static ap_config_entry cfg[] = {
 };
 #define NCFG (sizeof cfg / sizeof cfg[0])
 
+/* Test only (tests/pruner/test_resume.py): with AP_PRUNER_TEST_CKPT_PAUSE_DIR
+   set, every checkpoint write transaction, once its layer masks are put and
+   before its state, job and manifest are, creates the marker file
+   <dir>/ckpt-<job ckpt no>-<pid> and sleeps AP_PRUNER_TEST_CKPT_PAUSE_MS
+   (default 300) ms, so that a crash test can SIGKILL the process inside the
+   transaction. Unset in production: no hook at all. */
+static char test_pause_dir[1024];
+static long test_pause_ms = 300;
+
+static void test_ckpt_pause(void *arg, uint64_t ckpt_no, uint32_t part, uint32_t chunk) {
+  (void)arg;
+  if (part != AP_JS_PART_STATE || chunk != 0) return;
+  char path[1200];
+  snprintf(path, sizeof path, "%s/ckpt-%llu-%ld", test_pause_dir, (unsigned long long)ckpt_no, (long)getpid());
+  FILE *f = fopen(path, "w");
+  if (f) fclose(f);
+  usleep((useconds_t)test_pause_ms * 1000);
+}
+
 static int write_port_file(const char *path, int port) {
   char tmp[PATH_MAX];
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -106,7 +125,17 @@ int main(int argc, char **argv) {
     AP_ERROR("cannot create data dir %s: %s", p.data_dir, strerror(errno));
     return 1;
   }
-  rc = ap_js_open(p.data_dir, NULL, &p.store);
+  ap_js_options js_opt = {0};
+  const char *pause_dir = getenv("AP_PRUNER_TEST_CKPT_PAUSE_DIR");
+  if (pause_dir && *pause_dir) {
+    snprintf(test_pause_dir, sizeof test_pause_dir, "%s", pause_dir);
+    const char *ms = getenv("AP_PRUNER_TEST_CKPT_PAUSE_MS");
+    if (ms && *ms) test_pause_ms = atol(ms) > 0 && atol(ms) < 60000 ? atol(ms) : 300;
+    js_opt.test_hook = test_ckpt_pause;
+    AP_WARN("test hook: pausing %ld ms inside every checkpoint transaction (AP_PRUNER_TEST_CKPT_PAUSE_DIR)",
+            test_pause_ms);
+  }
+  rc = ap_js_open(p.data_dir, &js_opt, &p.store);
   if (rc != 0) {
     AP_ERROR("cannot open the job store in %s: %s", p.data_dir, ap_js_strerror(rc));
     return 1;
