@@ -190,6 +190,25 @@ static void emit(job *j, Agentprune__V1__JobEventType type, double ppl, const ch
 
 /* ---- state blob (JSON) --------------------------------------------------------- */
 
+/* cJSON prints a double with 15 digits whenever that parses back to within
+   an epsilon of it, so values drift by an ulp per save. A resumed job must
+   continue from exactly the saved numbers (the tau test, the JobState and
+   the re-sent Reflect), so the blob carries every finite number with 17
+   digits, as a raw token that cJSON_Parse reads back exactly. */
+static void exact_numbers(cJSON *node) {
+  for (cJSON *c = node; c; c = c->next) {
+    if (cJSON_IsNumber(c) && isfinite(c->valuedouble)) {
+      char buf[40];
+      snprintf(buf, sizeof buf, "%.17g", c->valuedouble);
+      char *raw = strdup(buf);
+      if (!raw) continue; /* keeps the 15-digit form */
+      c->type = cJSON_Raw | (c->type & cJSON_StringIsConst);
+      c->valuestring = raw;
+    }
+    if (c->child) exact_numbers(c->child);
+  }
+}
+
 static char *state_blob(job *j) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "version", 1);
@@ -211,6 +230,7 @@ static char *state_blob(job *j) {
   cJSON_AddNumberToObject(o, "usage_completion_tokens", (double)j->usage.completion_tokens);
   cJSON_AddNumberToObject(o, "usage_latency_ms", j->usage.latency_ms);
   cJSON_AddNumberToObject(o, "usage_fallbacks", (double)j->usage.fallbacks);
+  exact_numbers(o->child);
   char *s = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   return s;
