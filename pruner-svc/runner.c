@@ -1094,18 +1094,22 @@ static int run(job *j, char *err, size_t errlen) {
     j->event_iteration = 0;
     if (rc) return rc;
   }
-  rc = finish(j, err, errlen);
-  if (rc == AP_OK && !j->local_mode && j->session_id[0]) {
-    Agentprune__V1__CloseSessionRequest req = AGENTPRUNE__V1__CLOSE_SESSION_REQUEST__INIT;
-    req.session_id = j->session_id;
-    ProtobufCMessage *ack = NULL;
-    ap_rpc_status st;
-    if (ap_rpc_unary(j->agent, "/agentprune.v1.Agent/CloseSession", &req.base, &agentprune__v1__ack__descriptor, &ack,
-                     10000, &st) != AP_OK)
-      AP_WARN("job %s: CloseSession failed: %s", j->stored->id, st.message);
-    if (ack) protobuf_c_message_free_unpacked(ack, NULL);
-  }
-  return rc;
+  return finish(j, err, errlen);
+}
+
+/* Closes the agent session of a job whose FINISHED event is durable. Never
+   before: a pruner killed between the two would resume the job and re-send
+   its last Reflect to a closed session, which fails the finished job. */
+static void close_session(job *j) {
+  if (j->local_mode || !j->session_id[0] || !j->agent) return;
+  Agentprune__V1__CloseSessionRequest req = AGENTPRUNE__V1__CLOSE_SESSION_REQUEST__INIT;
+  req.session_id = j->session_id;
+  ProtobufCMessage *ack = NULL;
+  ap_rpc_status st;
+  if (ap_rpc_unary(j->agent, "/agentprune.v1.Agent/CloseSession", &req.base, &agentprune__v1__ack__descriptor, &ack,
+                   10000, &st) != AP_OK)
+    AP_WARN("job %s: CloseSession failed: %s", j->stored->id, st.message);
+  if (ack) protobuf_c_message_free_unpacked(ack, NULL);
 }
 
 static void run_job(pruner *p, job_runner *r) {
@@ -1142,6 +1146,7 @@ static void run_job(pruner *p, job_runner *r) {
     emit(&j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_FINISHED, j.ppl_full,
          "finished (%s): sparsity %.4f, eval ppl %.4f -> %.4f%s", j.stop_reason, j.state.global_sparsity,
          j.dense_full_ppl, j.ppl_full, j.has_test ? ", test measured" : "");
+    close_session(&j);
   } else if (p->stopping && !r->cancel) {
     /* Shutdown: leave the job RUNNING so the next start resumes it. */
     AP_INFO("job %s paused by shutdown at iteration %u", r->id, j.state.iteration);
