@@ -75,6 +75,11 @@ const apk_backend_ops *apk_cpu_backend(void);
 /* The CUDA backend, defined in kernels/cuda when built with APK_HAVE_CUDA. */
 const apk_backend_ops *apk_cuda_backend(void);
 
+/* The backend state (init's *state) behind a context, NULL for NULL. Lets
+ * backend extensions (ap_cuda.h, ap_prune_gpu.h) that receive an apk_ctx find
+ * their per-context state when several contexts are alive. */
+void *apk_ctx_backend_state(apk_ctx *ctx);
+
 /* Records a message for apk_last_error() and returns rc (for `return apk_fail(...)`). */
 int apk_fail(int rc, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -103,6 +103,8 @@ void apk_ctx_destroy(apk_ctx *ctx) {
 
 apk_backend_kind apk_ctx_backend(const apk_ctx *ctx) { return ctx->kind; }
 
+void *apk_ctx_backend_state(apk_ctx *ctx) { return ctx ? ctx->state : NULL; }
+
 int apk_ctx_sync(apk_ctx *ctx) { return ctx->ops->sync(ctx->state); }
 
 /* ---- tensors ----------------------------------------------------------------- */
