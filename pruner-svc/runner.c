@@ -1177,15 +1177,42 @@ static void run_job(pruner *p, job_runner *r) {
 
 /* ---- runner threads ------------------------------------------------------------- */
 
+/* A job cancelled while it waited for a free slot never runs: it is marked
+   cancelled here, as CancelJob leaves that to the runner it found. */
+static void cancel_queued(pruner *p, const char *id) {
+  Agentprune__V1__Job *rec = NULL;
+  if (ap_js_job_get(p->store, id, &rec) != 0) return;
+  if (rec->status != AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_SUCCEEDED &&
+      rec->status != AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_FAILED &&
+      rec->status != AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_CANCELLED) {
+    char *saved_reason = rec->stop_reason;
+    rec->status = AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_CANCELLED;
+    rec->stop_reason = "cancelled";
+    rec->updated_unix_ms = now_ms();
+    Agentprune__V1__JobEvent ev = AGENTPRUNE__V1__JOB_EVENT__INIT;
+    ev.job_id = rec->id;
+    ev.time_unix_ms = now_ms();
+    ev.type = AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_CANCELLED;
+    ev.status = AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_CANCELLED;
+    ev.message = "cancelled before it ran";
+    int rc = ap_js_job_put(p->store, rec, &ev, NULL);
+    if (rc) AP_ERROR("job %s: cannot record the cancel: %s", id, ap_js_strerror(rc));
+    else AP_INFO("job %s cancelled before it ran", id);
+    rec->stop_reason = saved_reason; /* free_unpacked must not free the literal */
+  }
+  agentprune__v1__job__free_unpacked(rec, NULL);
+}
+
 static void *runner_main(void *arg) {
   job_runner *r = arg;
   pruner *p = r->p;
   pthread_mutex_lock(&p->lock);
   while (p->running >= p->max_running && !p->stopping && !r->cancel) pthread_cond_wait(&p->changed, &p->lock);
-  int go = !p->stopping;
+  int cancelled = r->cancel, go = !p->stopping && !cancelled;
   if (go) p->running++;
   pthread_mutex_unlock(&p->lock);
   if (go) run_job(p, r);
+  else if (cancelled) cancel_queued(p, r->id);
   pthread_mutex_lock(&p->lock);
   if (go) p->running--;
   for (job_runner **pp = &p->runners; *pp; pp = &(*pp)->next)
