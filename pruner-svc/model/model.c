@@ -47,6 +47,12 @@ struct ap_model {
   int rope_T;
   acts a;
   int64_t max_weight;
+  /* Device backends only (NULL on the CPU), one per eligible layer: the
+   * originals in the checkpoint dtype (mask apply reads them on the device),
+   * the mask as last applied (U8, mask_bytes), and the F64 column sums that
+   * collect_stats accumulates; act_sumsq is their host mirror. */
+  int on_device;
+  apk_tensor *orig_dev, *mask_dev, *sumsq_dev;
   ap_grad_hook grad_hook;
   void *grad_hook_user;
   char err[320];
@@ -119,7 +125,11 @@ void ap_model_free(ap_model *m) {
     for (int i = 0; i < m->n_lin; i++) {
       apk_tensor_free(m->ctx, &m->lin[i].weight);
       apk_tensor_free(m->ctx, &m->lin[i].bias);
+      if (m->on_device) free(m->lin[i].act_sumsq.data); /* host mirror, a non-owning view */
       apk_tensor_free(m->ctx, &m->lin[i].act_sumsq);
+      if (m->orig_dev) apk_tensor_free(m->ctx, &m->orig_dev[i]);
+      if (m->mask_dev) apk_tensor_free(m->ctx, &m->mask_dev[i]);
+      if (m->sumsq_dev) apk_tensor_free(m->ctx, &m->sumsq_dev[i]);
       apk_tensor_free(m->ctx, &m->lin[i].grad_abs);
       free(m->lin[i].mask);
     }
@@ -139,6 +149,9 @@ void ap_model_free(ap_model *m) {
   if (m->owned_orig)
     for (int i = 0; i < m->n_lin; i++) free(m->owned_orig[i]);
   free(m->owned_orig);
+  free(m->orig_dev);
+  free(m->mask_dev);
+  free(m->sumsq_dev);
   free(m->lin);
   free(m->blk);
   apk_ctx_destroy(m->ctx);
@@ -154,16 +167,25 @@ static void copy_err(char *err, size_t errlen, const char *msg) {
 static int model_skeleton(ap_model *m, const ap_model_opts *opts) {
   const ap_hf_config *c = &m->cfg;
   apk_backend_kind backend = opts ? opts->backend : APK_CPU;
-  if (backend != APK_CPU)
-    return fail(m, AP_MODEL_EUNSUP, "the model runs on the CPU backend only in this build");
-  if (apk_ctx_create(backend, opts ? opts->device : 0, &m->ctx))
-    return fail(m, AP_MODEL_EUNSUP, "cannot create a compute context: %s", apk_last_error());
+  if (backend != APK_CPU && backend != APK_CUDA) return fail(m, AP_MODEL_EUNSUP, "unknown backend %d", (int)backend);
+  int crc = apk_ctx_create(backend, opts ? opts->device : 0, &m->ctx);
+  if (crc == APK_ENOMEM) return fail(m, AP_MODEL_ENOMEM, "cannot create a compute context: %s", apk_last_error());
+  if (crc && backend == APK_CUDA)
+    return fail(m, AP_MODEL_EDEVICE, "no usable CUDA device: %s", apk_last_error());
+  if (crc) return fail(m, AP_MODEL_EUNSUP, "cannot create a compute context: %s", apk_last_error());
+  m->on_device = backend != APK_CPU;
   if (c->head_dim % 2 != 0) return fail(m, AP_MODEL_EUNSUP, "head_dim %d is odd; RoPE needs pairs", c->head_dim);
   int L = c->num_hidden_layers;
   m->n_lin = L * AP_LIN_KINDS;
   m->lin = calloc((size_t)m->n_lin, sizeof *m->lin);
   m->blk = calloc((size_t)L, sizeof *m->blk);
   if (!m->lin || !m->blk) return fail(m, AP_MODEL_ENOMEM, "out of memory for the layer table");
+  if (m->on_device) {
+    m->orig_dev = calloc((size_t)m->n_lin, sizeof *m->orig_dev);
+    m->mask_dev = calloc((size_t)m->n_lin, sizeof *m->mask_dev);
+    m->sumsq_dev = calloc((size_t)m->n_lin, sizeof *m->sumsq_dev);
+    if (!m->orig_dev || !m->mask_dev || !m->sumsq_dev) return fail(m, AP_MODEL_ENOMEM, "out of memory for the layer table");
+  }
   int64_t C = c->hidden_size, I = c->intermediate_size, QD = (int64_t)c->num_attention_heads * c->head_dim,
           KD = (int64_t)c->num_key_value_heads * c->head_dim;
   int64_t shapes[AP_LIN_KINDS][2] = {{QD, C}, {KD, C}, {KD, C}, {C, QD}, {I, C}, {I, C}, {C, I}};
@@ -181,7 +203,13 @@ static int model_skeleton(ap_model *m, const ap_model_opts *opts) {
       l->mask = calloc(l->mask_words, sizeof *l->mask);
       if (!l->mask) return fail(m, AP_MODEL_ENOMEM, "out of memory for masks");
       if (apk_tensor_alloc2(m->ctx, &l->weight, APK_F32, l->rows, l->cols))
-        return fail(m, AP_MODEL_ENOMEM, "out of memory for %s", l->name);
+        return fail(m, AP_MODEL_ENOMEM, "out of memory for %s: %s", l->name, apk_last_error());
+      if (m->on_device) {
+        int64_t s[1] = {(int64_t)l->mask_bytes};
+        apk_tensor *md = &m->mask_dev[b * AP_LIN_KINDS + k];
+        if (apk_tensor_alloc(m->ctx, md, APK_U8, 1, s) || apk_zero(m->ctx, md))
+          return fail(m, AP_MODEL_ENOMEM, "device mask of %s: %s", l->name, apk_last_error());
+      }
       int has_bias = k <= AP_LIN_V ? c->qkv_bias : k == AP_LIN_O ? c->o_bias : c->mlp_bias;
       if (has_bias) {
         int64_t s[1] = {l->rows};
@@ -210,6 +238,23 @@ static int model_skeleton(ap_model *m, const ap_model_opts *opts) {
   return AP_MODEL_OK;
 }
 
+/* Host F32 storage to fill for `t`: t's own memory on the CPU backend, a
+ * staging buffer on a device backend (then commit_host uploads and frees it). */
+static float *host_for(ap_model *m, apk_tensor *t) {
+  if (!m->on_device) return t->data;
+  float *h = malloc((size_t)apk_tensor_numel(t) * sizeof(float));
+  if (!h) fail(m, AP_MODEL_ENOMEM, "out of memory staging %lld floats", (long long)apk_tensor_numel(t));
+  return h;
+}
+
+static int commit_host(ap_model *m, apk_tensor *t, float *h) {
+  if (!m->on_device) return AP_MODEL_OK;
+  int rc = apk_upload(m->ctx, t, h);
+  free(h);
+  if (rc) return fail(m, AP_MODEL_EKERNEL, "upload: %s", apk_last_error());
+  return AP_MODEL_OK;
+}
+
 /* Converts a checkpoint tensor into an F32 tensor of the same element count. */
 static int load_tensor(ap_model *m, const char *name, apk_tensor *dst) {
   const ap_st_tensor *t = ap_st_find(m->st, name);
@@ -218,7 +263,25 @@ static int load_tensor(ap_model *m, const char *name, apk_tensor *dst) {
     return fail(m, AP_MODEL_ELOAD, "tensor %s has %zu elements, expected %lld", name, t->numel,
                 (long long)apk_tensor_numel(dst));
   char msg[256];
-  if (ap_st_tensor_to_f32_err(t, dst->data, msg, sizeof msg)) return fail(m, AP_MODEL_ELOAD, "%s", msg);
+  float *h = host_for(m, dst);
+  if (!h) return AP_MODEL_ENOMEM;
+  if (ap_st_tensor_to_f32_err(t, h, msg, sizeof msg)) {
+    if (m->on_device) free(h);
+    return fail(m, AP_MODEL_ELOAD, "%s", msg);
+  }
+  return commit_host(m, dst, h);
+}
+
+static apk_dtype apk_of(ap_dtype d) { return d == AP_BF16 ? APK_BF16 : d == AP_F16 ? APK_F16 : APK_F32; }
+
+/* Device backends: a device copy of layer i's originals in their own dtype. */
+static int upload_orig(ap_model *m, int i) {
+  ap_linear *l = &m->lin[i];
+  if (!m->on_device) return AP_MODEL_OK;
+  apk_tensor *o = &m->orig_dev[i];
+  if (apk_tensor_alloc2(m->ctx, o, apk_of(l->orig_dtype), l->rows, l->cols))
+    return fail(m, AP_MODEL_ENOMEM, "device originals of %s: %s", l->name, apk_last_error());
+  if (apk_upload(m->ctx, o, l->orig)) return fail(m, AP_MODEL_EKERNEL, "upload %s: %s", l->name, apk_last_error());
   return AP_MODEL_OK;
 }
 
@@ -249,6 +312,7 @@ static int load_weights(ap_model *m) {
     l->orig = t->data;
     l->orig_dtype = t->dtype;
     if ((rc = load_tensor(m, name, &l->weight))) return rc;
+    if ((rc = upload_orig(m, i))) return rc;
     if (l->bias.data) {
       snprintf(name, sizeof name, "%s.bias", l->name);
       if ((rc = load_tensor(m, name, &l->bias))) return rc;
@@ -313,15 +377,24 @@ int ap_model_create_random(const ap_hf_config *cfg, uint64_t seed, const ap_mode
   int rc = model_skeleton(m, opts);
   if (rc) goto fail;
   uint64_t s = seed;
-  fill_uniform(m->embed.data, apk_tensor_numel(&m->embed), 1.0f, &s);
-  if (!cfg->tie_word_embeddings)
-    fill_uniform(m->lm_head.data, apk_tensor_numel(&m->lm_head), 1.0f / sqrtf((float)cfg->hidden_size), &s);
-  apk_tensor *ones[] = {&m->final_norm};
-  for (int64_t i = 0; i < apk_tensor_numel(ones[0]); i++) ((float *)ones[0]->data)[i] = 1.0f;
-  for (int b = 0; b < cfg->num_hidden_layers; b++) {
-    apk_tensor *nt[4] = {&m->blk[b].ln1, &m->blk[b].ln2, &m->blk[b].q_norm, &m->blk[b].k_norm};
-    for (int j = 0; j < 4; j++)
-      for (int64_t i = 0; nt[j]->data && i < apk_tensor_numel(nt[j]); i++) ((float *)nt[j]->data)[i] = 1.0f;
+  float *h;
+  if (!(h = host_for(m, &m->embed))) goto nomem;
+  fill_uniform(h, apk_tensor_numel(&m->embed), 1.0f, &s);
+  if ((rc = commit_host(m, &m->embed, h))) goto fail;
+  if (!cfg->tie_word_embeddings) {
+    if (!(h = host_for(m, &m->lm_head))) goto nomem;
+    fill_uniform(h, apk_tensor_numel(&m->lm_head), 1.0f / sqrtf((float)cfg->hidden_size), &s);
+    if ((rc = commit_host(m, &m->lm_head, h))) goto fail;
+  }
+  for (int b = -1; b < cfg->num_hidden_layers; b++) {
+    apk_tensor *nt[4] = {&m->final_norm, NULL, NULL, NULL};
+    if (b >= 0) nt[0] = &m->blk[b].ln1, nt[1] = &m->blk[b].ln2, nt[2] = &m->blk[b].q_norm, nt[3] = &m->blk[b].k_norm;
+    for (int j = 0; j < 4; j++) {
+      if (!nt[j] || !nt[j]->data) continue;
+      if (!(h = host_for(m, nt[j]))) goto nomem;
+      for (int64_t i = 0; i < apk_tensor_numel(nt[j]); i++) h[i] = 1.0f;
+      if ((rc = commit_host(m, nt[j], h))) goto fail;
+    }
   }
   m->owned_orig = calloc((size_t)m->n_lin, sizeof *m->owned_orig);
   if (!m->owned_orig) {
@@ -339,11 +412,22 @@ int ap_model_create_random(const ap_hf_config *cfg, uint64_t seed, const ap_mode
     m->owned_orig[i] = o;
     l->orig = o;
     l->orig_dtype = AP_F32;
-    memcpy(l->weight.data, o, (size_t)(l->rows * l->cols) * sizeof(float));
-    if (l->bias.data) fill_uniform(l->bias.data, l->rows, 0.02f, &s);
+    if (!m->on_device) {
+      memcpy(l->weight.data, o, (size_t)(l->rows * l->cols) * sizeof(float));
+    } else if ((rc = upload_orig(m, i)) || (rc = apk_upload(m->ctx, &l->weight, o) ? AP_MODEL_EKERNEL : 0)) {
+      if (rc == AP_MODEL_EKERNEL) fail(m, rc, "upload %s: %s", l->name, apk_last_error());
+      goto fail;
+    }
+    if (l->bias.data) {
+      if (!(h = host_for(m, &l->bias))) goto nomem;
+      fill_uniform(h, l->rows, 0.02f, &s);
+      if ((rc = commit_host(m, &l->bias, h))) goto fail;
+    }
   }
   *out = m;
   return AP_MODEL_OK;
+nomem:
+  rc = AP_MODEL_ENOMEM;
 fail:
   copy_err(err, errlen, m->err);
   ap_model_free(m);
@@ -357,12 +441,15 @@ void ap_model_set_grad_hook(ap_model *m, ap_grad_hook fn, void *user) {
 
 /* ---- masks and statistics ----------------------------------------------------- */
 
-static apk_tensor orig_view(const ap_linear *l) {
-  apk_dtype dt = l->orig_dtype == AP_BF16 ? APK_BF16 : l->orig_dtype == AP_F16 ? APK_F16 : APK_F32;
-  return apk_view2(APK_CPU, dt, (void *)l->orig, l->rows, l->cols);
+/* The originals and the mask as the kernels of the model's backend read
+ * them: host memory on the CPU, the device copies elsewhere. */
+static apk_tensor orig_view(const ap_model *m, const ap_linear *l) {
+  if (m->on_device) return m->orig_dev[l - m->lin];
+  return apk_view2(APK_CPU, apk_of(l->orig_dtype), (void *)l->orig, l->rows, l->cols);
 }
 
-static apk_tensor mask_view(const ap_linear *l) {
+static apk_tensor mask_view(const ap_model *m, const ap_linear *l) {
+  if (m->on_device) return m->mask_dev[l - m->lin];
   int64_t s[1] = {(int64_t)(l->mask_words * sizeof *l->mask)};
   return apk_view(APK_CPU, APK_U8, l->mask, 1, s);
 }
@@ -370,15 +457,35 @@ static apk_tensor mask_view(const ap_linear *l) {
 int ap_model_apply_mask(ap_model *m, int index) {
   ap_linear *l = ap_model_linear(m, index);
   if (!l) return fail(m, AP_MODEL_EARG, "no eligible layer %d", index);
-  apk_tensor o = orig_view(l), mk = mask_view(l);
+  apk_tensor o = orig_view(m, l), mk = mask_view(m, l);
+  if (m->on_device) K(apk_upload(m->ctx, &mk, l->mask));
   K(apk_mask_apply(m->ctx, &l->weight, &o, &mk));
+  return AP_MODEL_OK;
+}
+
+int ap_model_weights_host(ap_model *m, int index, float *out) {
+  ap_linear *l = ap_model_linear(m, index);
+  if (!l || !out) return fail(m, AP_MODEL_EARG, "no eligible layer %d or no output buffer", index);
+  if (!m->on_device) {
+    memcpy(out, l->weight.data, apk_tensor_bytes(&l->weight));
+    return AP_MODEL_OK;
+  }
+  K(apk_download(m->ctx, out, &l->weight));
+  return AP_MODEL_OK;
+}
+
+/* Device backends: act_sumsq (host) = the device sums of layers [first, end). */
+static int sync_stats(ap_model *m, int first, int end) {
+  if (!m->on_device) return AP_MODEL_OK;
+  for (int i = first; i < end; i++)
+    if (m->sumsq_dev[i].data) K(apk_download(m->ctx, m->lin[i].act_sumsq.data, &m->sumsq_dev[i]));
   return AP_MODEL_OK;
 }
 
 int ap_model_restore(ap_model *m, int index) {
   ap_linear *l = ap_model_linear(m, index);
   if (!l) return fail(m, AP_MODEL_EARG, "no eligible layer %d", index);
-  apk_tensor o = orig_view(l);
+  apk_tensor o = orig_view(m, l);
   K(apk_mask_restore(m->ctx, &l->weight, &o));
   return AP_MODEL_OK;
 }
@@ -386,8 +493,22 @@ int ap_model_restore(ap_model *m, int index) {
 int ap_model_stats_enable(ap_model *m) {
   for (int i = 0; i < m->n_lin; i++) {
     ap_linear *l = &m->lin[i];
+    int64_t s[1] = {l->cols};
+    if (m->on_device) {
+      /* accumulated on the device, mirrored into act_sumsq (host) */
+      if (!m->sumsq_dev[i].data && apk_tensor_alloc(m->ctx, &m->sumsq_dev[i], APK_F64, 1, s))
+        return fail(m, AP_MODEL_ENOMEM, "device statistics: %s", apk_last_error());
+      K(apk_zero(m->ctx, &m->sumsq_dev[i]));
+      if (!l->act_sumsq.data) {
+        double *h = calloc((size_t)l->cols, sizeof *h);
+        if (!h) return fail(m, AP_MODEL_ENOMEM, "out of memory for statistics");
+        l->act_sumsq = apk_view(APK_CPU, APK_F64, h, 1, s);
+      }
+      memset(l->act_sumsq.data, 0, (size_t)l->cols * sizeof(double));
+      l->act_tokens = 0;
+      continue;
+    }
     if (!l->act_sumsq.data) {
-      int64_t s[1] = {l->cols};
       if (apk_tensor_alloc(m->ctx, &l->act_sumsq, APK_F64, 1, s))
         return fail(m, AP_MODEL_ENOMEM, "out of memory for statistics");
     }
@@ -402,7 +523,7 @@ int ap_model_grad_enable(ap_model *m, int per_weight) {
     ap_linear *l = &m->lin[i];
     if (per_weight && !l->grad_abs.data) {
       if (apk_tensor_alloc2(m->ctx, &l->grad_abs, APK_F32, l->rows, l->cols))
-        return fail(m, AP_MODEL_ENOMEM, "out of memory for gradient accumulators");
+        return fail(m, AP_MODEL_ENOMEM, "out of memory for gradient accumulators: %s", apk_last_error());
     }
     if (!per_weight) apk_tensor_free(m->ctx, &l->grad_abs);
     if (l->grad_abs.data) K(apk_zero(m->ctx, &l->grad_abs));
@@ -552,7 +673,8 @@ static int upload_targets(ap_model *m, const int32_t *win, int T) {
 
 static int stat_acc(ap_model *m, ap_linear *l, const apk_tensor *inp, int T) {
   if (!l->act_sumsq.data) return fail(m, AP_MODEL_EARG, "statistics requested but not enabled");
-  K(apk_colsumsq_accumulate(m->ctx, &l->act_sumsq, inp));
+  apk_tensor *acc = m->on_device ? &m->sumsq_dev[l - m->lin] : &l->act_sumsq;
+  K(apk_colsumsq_accumulate(m->ctx, acc, inp));
   l->act_tokens += T;
   return AP_MODEL_OK;
 }
@@ -618,7 +740,7 @@ static int fold_grad(ap_model *m, ap_linear *l) {
   apk_tensor g = apk_view2(m->a.dw.backend, APK_F32, m->a.dw.data, l->rows, l->cols);
   if (m->grad_hook) m->grad_hook(m->grad_hook_user, (int)(l - m->lin), &g);
   if (l->grad_abs.data) K(apk_absgrad_accumulate(m->ctx, &l->grad_abs, &g));
-  apk_tensor mk = mask_view(l);
+  apk_tensor mk = mask_view(m, l);
   double s = 0;
   K(apk_abs_sum_kept(m->ctx, &s, &g, &mk));
   l->grad_abs_kept += s;
@@ -750,7 +872,7 @@ int ap_model_forward(ap_model *m, const int32_t *tokens, int n_windows, int T, i
     *n_predicted += T - 1;
     if (window_nll) window_nll[w] = s;
   }
-  return AP_MODEL_OK;
+  return collect_stats ? sync_stats(m, 0, m->n_lin) : AP_MODEL_OK;
 }
 
 int ap_model_logits(ap_model *m, const int32_t *tokens, int T, float *out) {
@@ -826,7 +948,7 @@ int ap_model_block_forward(ap_model *m, int block, apk_tensor *hidden, int T, in
     apk_tensor x = apk_view_rows(hidden, w * T, T);
     if ((rc = block_fwd(m, block, &x, T, collect_stats))) return rc;
   }
-  return AP_MODEL_OK;
+  return collect_stats ? sync_stats(m, block * AP_LIN_KINDS, (block + 1) * AP_LIN_KINDS) : AP_MODEL_OK;
 }
 
 int ap_model_head_nll(ap_model *m, const apk_tensor *hidden, const int32_t *tokens, int T, double *nll_sum,

@@ -18,6 +18,13 @@
  *
  * Threading: a model is used by one thread at a time; the kernels use the
  * OpenMP threads (both cores) inside each op.
+ *
+ * Backends: APK_CPU, or APK_CUDA in builds with the CUDA backend. On CUDA
+ * every weight, activation and statistic the kernels touch is device memory
+ * (resident: the whole model must fit in GPU memory, see docs/engine.md);
+ * what the caller reads or edits directly stays on the host, as each field
+ * of ap_linear says. Results on CUDA match the CPU within the kernels'
+ * tolerance (ap_kernels.h), not bit for bit.
  */
 #ifndef AP_MODEL_H
 #define AP_MODEL_H
@@ -40,6 +47,8 @@ enum ap_model_error {
   AP_MODEL_ELOAD = -3,    /* config.json / safetensors refused (message from the loader) */
   AP_MODEL_EUNSUP = -4,   /* a feature we do not run: sliding window shorter than T, backend */
   AP_MODEL_EKERNEL = -5,  /* a kernel op failed (message from apk_last_error) */
+  AP_MODEL_EDEVICE = -6,  /* the requested device backend is unavailable: no GPU or driver, or a build
+                             without it (message from the kernels) */
 };
 
 typedef enum ap_linear_kind {
@@ -57,46 +66,59 @@ typedef enum ap_linear_kind {
 const char *ap_linear_kind_name(ap_linear_kind k);
 
 /* One eligible linear layer: out = in W^T (+ b), W [rows = out features,
- * cols = in features]. Everything is owned by the model. */
+ * cols = in features]. Everything is owned by the model.
+ * Memory: [host] = host memory on every backend; [backend] = memory of the
+ * model's backend (host on the CPU, device on CUDA: never dereference it on
+ * the host there; use apk_download or ap_model_weights_host). */
 typedef struct ap_linear {
   char name[96];            /* HF name without ".weight": "model.layers.3.self_attn.q_proj" */
   ap_linear_kind kind;
   int block;
   int64_t rows, cols;
   ap_dtype orig_dtype;      /* dtype of the checkpoint tensor */
-  const void *orig;         /* read-only original weights (mmap view; may be unaligned) */
-  apk_tensor weight;        /* F32 working weights used for compute [rows, cols] */
-  apk_tensor bias;          /* F32 [rows], data NULL when the layer has none */
+  const void *orig;         /* [host] read-only original weights (mmap view; may be unaligned). On CUDA the
+                               model also keeps a private device copy in orig_dtype for mask apply. */
+  apk_tensor weight;        /* [backend] F32 working weights used for compute [rows, cols] */
+  apk_tensor bias;          /* [backend] F32 [rows], data NULL when the layer has none */
   /* Mask: rows*cols bits, row-major, 1 = pruned: the layout of
    * pruner-svc/prune/bitmap.h (ceil(n/64) uint64_t words, bit i = bit i%64
    * of word i/64), so ap_bitmap_* functions work on it directly. On the
    * little-endian hosts we build for, its bytes are the LSB-first byte
    * bitmap of ap_math.h that the kernels read. All zero after load. The
-   * caller edits it, then calls ap_model_apply_mask(). */
+   * caller edits it, then calls ap_model_apply_mask(). [host] On CUDA the
+   * kernels read a private device copy that ap_model_apply_mask uploads:
+   * edits count once applied (the backward pass's kept-gradient sums use
+   * the mask as last applied there, the current one on the CPU). */
   uint64_t *mask;
   size_t mask_words;
   size_t mask_bytes;        /* mask_words * 8 */
-  /* Statistics (host memory on the CPU backend): see ap_model_stats_enable
-   * and ap_model_grad_enable. NULL data until enabled. */
-  apk_tensor act_sumsq;     /* F64 [cols]: sum over tokens of x_j^2 of this layer's input */
-  int64_t act_tokens;       /* tokens accumulated into act_sumsq */
-  apk_tensor grad_abs;      /* F32 [rows, cols]: sum over windows of |dL_i/dW| (optional) */
-  double grad_abs_kept;     /* sum over windows of sum over kept weights of |dL_i/dW| */
-  int64_t grad_windows;     /* windows accumulated into grad_abs / grad_abs_kept */
+  /* Statistics: see ap_model_stats_enable and ap_model_grad_enable. NULL
+   * data until enabled. */
+  apk_tensor act_sumsq;     /* [host] F64 [cols]: sum over tokens of x_j^2 of this layer's input. On CUDA
+                               the sums accumulate on the device and are copied here at the end of every
+                               ap_model_forward / ap_model_block_forward with collect_stats. */
+  int64_t act_tokens;       /* [host] tokens accumulated into act_sumsq */
+  apk_tensor grad_abs;      /* [backend] F32 [rows, cols]: sum over windows of |dL_i/dW| (optional) */
+  double grad_abs_kept;     /* [host] sum over windows of sum over kept weights of |dL_i/dW| */
+  int64_t grad_windows;     /* [host] windows accumulated into grad_abs / grad_abs_kept */
 } ap_linear;
 
 typedef struct ap_model ap_model;
 
 typedef struct ap_model_opts {
-  apk_backend_kind backend; /* APK_CPU (default when opts is NULL) */
-  int device;
+  apk_backend_kind backend; /* APK_CPU (default when opts is NULL) or APK_CUDA */
+  int device;               /* CUDA device index */
 } ap_model_opts;
 
 /* Loads an HF model folder (config.json + model.safetensors or shards).
  * Embeddings, norms and lm_head are converted to F32 once; eligible layers
- * keep a view of the mmap'd original and an F32 working copy. Refuses
- * non-finite weights. On success *out is owned by the caller (ap_model_free).
- * Errors: AP_MODEL_ELOAD / AP_MODEL_EUNSUP / AP_MODEL_ENOMEM with a message. */
+ * keep a view of the mmap'd original and an F32 working copy. On CUDA all
+ * of them are uploaded (originals in their checkpoint dtype as well), under
+ * the process-wide limit of apk_cuda_set_mem_limit. Refuses non-finite
+ * weights. On success *out is owned by the caller (ap_model_free).
+ * Errors: AP_MODEL_ELOAD / AP_MODEL_EUNSUP / AP_MODEL_ENOMEM (host memory,
+ * device memory or the device limit) / AP_MODEL_EDEVICE (no usable device)
+ * with a message. */
 int ap_model_load(const char *dir, const ap_model_opts *opts, ap_model **out, char *err, size_t errlen);
 
 /* A model of the given architecture with random weights (uniform, scaled
@@ -123,6 +145,12 @@ int ap_model_find_linear(const ap_model *m, const char *name);
 int ap_model_apply_mask(ap_model *m, int index);
 /* working = original; the mask bitmap is left as it is. */
 int ap_model_restore(ap_model *m, int index);
+
+/* Copies layer `index`'s F32 working weights (rows*cols floats, the values
+ * the forward uses, 0 where the applied mask prunes) into the caller's host
+ * buffer `out`: a memcpy on the CPU, a download (synchronising) on CUDA.
+ * Errors: AP_MODEL_EARG, AP_MODEL_EKERNEL. */
+int ap_model_weights_host(ap_model *m, int index, float *out);
 
 /* Allocates (if needed) and zeroes every layer's act_sumsq / act_tokens.
  * Afterwards forwards with collect_stats accumulate into them. */
