@@ -14,7 +14,9 @@
 #include "agentprune/v1/pruner.pb-c.h"
 #include "config.h"
 #include "log.h"
+#include "ap_gpu_mem.h"
 #include "pruner.h"
+#include "workload.h"
 
 static ap_config_entry cfg[] = {
     {"--listen", "AP_PRUNER_LISTEN", "0.0.0.0:50051", "address to serve gRPC on (host:port; port 0 picks one)"},
@@ -23,6 +25,7 @@ static ap_config_entry cfg[] = {
     {"--data-roots", "AP_PRUNER_DATA_ROOTS", NULL, "colon-separated folders that request paths must lie in (required)"},
     {"--agent", "AP_PRUNER_AGENT", "", "default agent-svc address for jobs that name none"},
     {"--device", "AP_PRUNER_DEVICE", "auto", "compute device: auto | cpu | cuda"},
+    {"--gpu-mem-limit", "AP_PRUNER_GPU_MEM_LIMIT", "", "GPU memory the CUDA backend may use, e.g. 40G (empty = the device's free memory)"},
     {"--max-running", "AP_PRUNER_MAX_RUNNING", "1", "jobs that run at once (one per GPU); more are queued"},
     {"--threads", "AP_PRUNER_THREADS", "0", "compute threads (0 = all cores)"},
     {"--handler-threads", "AP_PRUNER_HANDLER_THREADS", "8", "gRPC handler threads"},
@@ -98,6 +101,16 @@ int main(int argc, char **argv) {
   if (strcmp(p.device, "auto") && strcmp(p.device, "cpu") && strcmp(p.device, "cuda")) {
     snprintf(err, sizeof err, "--device must be auto, cpu or cuda");
     goto usage;
+  }
+  const char *gpu_mem = ap_config_get(cfg, NCFG, "--gpu-mem-limit");
+  if (gpu_mem && *gpu_mem) {
+    uint64_t bytes = 0;
+    if (apk_parse_mem_size(gpu_mem, &bytes) != 0 || bytes == 0) {
+      snprintf(err, sizeof err, "--gpu-mem-limit must be a size such as 40G, 512M or a byte count, got '%.40s'",
+               gpu_mem);
+      goto usage;
+    }
+    wl_set_gpu_mem_limit(bytes);
   }
 
   const char *roots = ap_config_get(cfg, NCFG, "--data-roots");

@@ -9,17 +9,23 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "ap_gpu_mem.h"
 #include "bitmap.h"
+#include "log.h"
 #include "mask.h"
 #include "prune_error.h"
 #include "rpc_server.h"
 #include "stats.h"
+#ifdef APK_HAVE_CUDA
+#include "ap_cuda.h"
+#endif
 
 static int stopped(const engine_stop *s) { return s && s->fn && s->fn(s->arg); }
 
 static int model_status(int rc) {
   switch (rc) {
   case AP_MODEL_ENOMEM: return AP_RESOURCE_EXHAUSTED;
+  case AP_MODEL_EDEVICE: return AP_FAILED_PRECONDITION;
   case AP_MODEL_ELOAD:
   case AP_MODEL_EUNSUP:
   case AP_MODEL_EARG: return AP_INVALID_ARGUMENT;
@@ -43,19 +49,105 @@ static pcre2_code *compile(const char *pat, const char *what, char *err, size_t 
   return re;
 }
 
-int wl_open(workload *w, const char *dir, const char *device, int threads, const char *include,
-            const char *exclude, char *err, size_t errlen) {
-  memset(w, 0, sizeof *w);
-  w->threads = threads;
-  if (device && !strcmp(device, "cuda")) {
-    snprintf(err, errlen, "device cuda: this pruner-svc runs the CPU backend for whole models; "
-                          "the CUDA kernels are checked op by op (tests/gpu) but the model does not run on them yet");
-    return AP_FAILED_PRECONDITION;
+static uint64_t gpu_mem_limit; /* bytes, 0 = the device's own memory */
+
+void wl_set_gpu_mem_limit(uint64_t bytes) {
+  gpu_mem_limit = bytes;
+#ifdef APK_HAVE_CUDA
+  apk_cuda_set_mem_limit(bytes);
+#endif
+}
+
+/* Whether the model of `dir` fits in GPU memory with every weight resident
+ * (the only mode the model runs on CUDA; streaming blocks from host memory
+ * is planned by ap_gpu_mem.h but not wired into model.c). Counts the weights
+ * and one window of the default length with the backward pass. Returns
+ * AP_OK, or AP_RESOURCE_EXHAUSTED with the figures in err. A config that
+ * does not parse passes: the load reports it properly. */
+static int cuda_fits(const char *dir, char *err, size_t errlen) {
+#ifdef APK_HAVE_CUDA
+  ap_hf_config c;
+  char cerr[256];
+  if (ap_hf_config_load(dir, &c, cerr, sizeof cerr) != 0) return AP_OK;
+  uint64_t limit = gpu_mem_limit;
+  const char *what = "--gpu-mem-limit";
+  if (!limit) {
+    size_t total = 0, freeb = 0;
+    if (apk_cuda_device_info(0, NULL, 0, &total, &freeb) != APK_OK) return AP_OK;
+    limit = freeb;
+    what = "free GPU memory";
+  }
+  apk_mem_model mm = {c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                      c.num_key_value_heads, c.head_dim, c.vocab_size,
+                      c.has_torch_dtype ? (int)ap_dtype_size(c.torch_dtype) : 4, c.tie_word_embeddings, c.qk_norm};
+  int T = c.max_position_embeddings < 2048 ? c.max_position_embeddings : 2048;
+  apk_mem_estimate e;
+  if (apk_mem_estimate_compute(&mm, 1, T, 1, 0, &e) != 0) return AP_OK;
+  if (e.peak_resident <= limit) return AP_OK;
+  snprintf(err, errlen,
+           "the model needs %.2f GiB of GPU memory with its weights resident (windows of %d tokens), more than the "
+           "%s of %.2f GiB; streaming weights from host memory (%.2f GiB by the planner) is not implemented in the "
+           "model yet",
+           e.peak_resident / 1073741824.0, T, what, limit / 1073741824.0, e.peak_streaming / 1073741824.0);
+  return AP_RESOURCE_EXHAUSTED;
+#else
+  (void)dir, (void)err, (void)errlen;
+  return AP_OK;
+#endif
+}
+
+/* Loads the model on the device that `device` asks for: "cpu"; "cuda"
+ * (refused with FAILED_PRECONDITION when no CUDA device answers); "auto" or
+ * NULL: CUDA when a device answers and the model fits, else the CPU. */
+static int load_on_device(workload *w, const char *dir, const char *device, char *err, size_t errlen) {
+  int want_cuda = !device || !*device || !strcmp(device, "auto") || !strcmp(device, "cuda");
+  int must_cuda = device && !strcmp(device, "cuda");
+  if (want_cuda) {
+    char why[400];
+    int rc = AP_FAILED_PRECONDITION;
+#ifdef APK_HAVE_CUDA
+    if (apk_cuda_device_count() == 0) snprintf(why, sizeof why, "no CUDA device (or no driver) on this machine");
+    else rc = cuda_fits(dir, why, sizeof why);
+#else
+    snprintf(why, sizeof why, "this build of pruner-svc has no CUDA backend");
+#endif
+    if (rc == AP_OK) {
+      ap_model_opts opts = {.backend = APK_CUDA, .device = 0};
+      int mrc = ap_model_load(dir, &opts, &w->model, why, sizeof why);
+      if (mrc == AP_MODEL_OK) {
+        w->device = "cuda";
+        if (!must_cuda) AP_INFO("device auto: a CUDA device answered; running %s on cuda", dir);
+        return AP_OK;
+      }
+      rc = model_status(mrc);
+      /* a model the loader refuses is refused on the CPU too: no fallback */
+      if (mrc != AP_MODEL_EDEVICE && mrc != AP_MODEL_ENOMEM) {
+        snprintf(err, errlen, "%s", why);
+        return rc;
+      }
+    }
+    if (must_cuda) {
+      snprintf(err, errlen, "device cuda: %s", why);
+      return rc;
+    }
+    AP_INFO("device auto: %s; running %s on the CPU", why, dir);
   }
   w->device = "cpu";
   ap_model_opts opts = {.backend = APK_CPU, .device = 0};
   int rc = ap_model_load(dir, &opts, &w->model, err, errlen);
-  if (rc != AP_MODEL_OK) return model_status(rc);
+  return rc == AP_MODEL_OK ? AP_OK : model_status(rc);
+}
+
+int wl_open(workload *w, const char *dir, const char *device, int threads, const char *include,
+            const char *exclude, char *err, size_t errlen) {
+  memset(w, 0, sizeof *w);
+  w->threads = threads;
+  if (device && *device && strcmp(device, "auto") && strcmp(device, "cpu") && strcmp(device, "cuda")) {
+    snprintf(err, errlen, "device must be auto, cpu or cuda, got '%.40s'", device);
+    return AP_INVALID_ARGUMENT;
+  }
+  int rc = load_on_device(w, dir, device, err, errlen);
+  if (rc != AP_OK) return rc;
   char tpath[4096];
   snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
   char terr[400];
@@ -289,6 +381,28 @@ int wl_collect_activations(workload *w, const wl_windows *calib, const engine_st
   return AP_OK;
 }
 
+/* Layer i's F32 working weights in host memory for the mask selection and
+ * the statistics (pruner-svc/prune): the model's own buffer on the CPU, a
+ * download into *owned (the caller frees it) on a device. NULL with err set
+ * on failure. */
+static const float *host_weights(workload *w, int i, float **owned, char *err, size_t errlen) {
+  ap_linear *l = ap_model_linear(w->model, w->layer_index[i]);
+  *owned = NULL;
+  if (apk_ctx_backend(ap_model_ctx(w->model)) == APK_CPU) return (const float *)l->weight.data;
+  float *buf = malloc((size_t)(l->rows * l->cols) * sizeof *buf);
+  if (!buf) {
+    snprintf(err, errlen, "out of memory for the host copy of %s", l->name);
+    return NULL;
+  }
+  if (ap_model_weights_host(w->model, w->layer_index[i], buf) != AP_MODEL_OK) {
+    snprintf(err, errlen, "weights of %s: %s", l->name, ap_model_error(w->model));
+    free(buf);
+    return NULL;
+  }
+  *owned = buf;
+  return buf;
+}
+
 static int prune_status(int rc, const char *name, char *err, size_t errlen) {
   snprintf(err, errlen, "masking %s: %s", name, ap_prune_strerror(rc));
   return rc == AP_PRUNE_ENOMEM ? AP_RESOURCE_EXHAUSTED : AP_INTERNAL;
@@ -297,12 +411,14 @@ static int prune_status(int rc, const char *name, char *err, size_t errlen) {
 int wl_prune_layer(workload *w, int i, double target, unsigned nm_n, unsigned nm_m, int magnitude, char *err,
                    size_t errlen) {
   ap_linear *l = ap_model_linear(w->model, w->layer_index[i]);
-  const float *wt = (const float *)l->weight.data; /* pruned entries are 0 but masked out */
   const double *xsq = magnitude ? NULL : (const double *)l->act_sumsq.data;
   if (!magnitude && !xsq) {
     snprintf(err, errlen, "masking %s: no activation statistics collected", l->name);
     return AP_INTERNAL;
   }
+  float *owned;
+  const float *wt = host_weights(w, i, &owned, err, errlen); /* pruned entries are 0 but masked out */
+  if (!wt) return AP_RESOURCE_EXHAUSTED;
   int rc;
   if (nm_m)
     rc = ap_mask_nm(wt, xsq, (size_t)l->rows, (size_t)l->cols, nm_n, nm_m, w->masks[i], NULL);
@@ -310,6 +426,7 @@ int wl_prune_layer(workload *w, int i, double target, unsigned nm_n, unsigned nm
     rc = ap_mask_magnitude(wt, (size_t)l->rows, (size_t)l->cols, target, w->masks[i], NULL);
   else
     rc = ap_mask_rows(wt, xsq, (size_t)l->rows, (size_t)l->cols, target, w->masks[i], NULL);
+  free(owned);
   if (rc != AP_PRUNE_OK) return prune_status(rc, l->name, err, errlen);
   return wl_apply(w, i, err, errlen);
 }
@@ -363,24 +480,38 @@ model_fail:
 int wl_owl_outliers(workload *w, double m, double *frac, char *err, size_t errlen) {
   int nblocks = ap_model_config(w->model)->num_hidden_layers;
   ap_layer_ref *refs = calloc((size_t)w->n_layers, sizeof *refs);
-  if (!refs) {
+  float **owned = calloc((size_t)w->n_layers, sizeof *owned);
+  if (!refs || !owned) {
+    free(refs);
+    free(owned);
     snprintf(err, errlen, "out of memory");
     return AP_RESOURCE_EXHAUSTED;
   }
   int status = AP_OK;
   for (int b = 0; b < nblocks && status == AP_OK; b++) {
     size_t n = 0;
-    for (int i = 0; i < w->n_layers; i++) {
+    for (int i = 0; i < w->n_layers && status == AP_OK; i++) {
       const ap_linear *l = lin(w, i);
       if (l->block != b) continue;
-      refs[n++] = (ap_layer_ref){(const float *)l->weight.data, (const double *)l->act_sumsq.data, w->masks[i],
-                                 (size_t)l->rows, (size_t)l->cols};
+      const float *wt = host_weights(w, i, &owned[n], err, errlen);
+      if (!wt) {
+        status = AP_RESOURCE_EXHAUSTED;
+        break;
+      }
+      refs[n++] = (ap_layer_ref){wt, (const double *)l->act_sumsq.data, w->masks[i], (size_t)l->rows,
+                                 (size_t)l->cols};
     }
     frac[b] = 0;
-    if (n == 0) continue;
-    int rc = ap_stats_outlier_fraction(refs, n, m, &frac[b]);
-    if (rc != AP_PRUNE_OK) status = prune_status(rc, "OWL outliers", err, errlen);
+    if (n > 0 && status == AP_OK) {
+      int rc = ap_stats_outlier_fraction(refs, n, m, &frac[b]);
+      if (rc != AP_PRUNE_OK) status = prune_status(rc, "OWL outliers", err, errlen);
+    }
+    for (size_t k = 0; k < n; k++) {
+      free(owned[k]);
+      owned[k] = NULL;
+    }
   }
+  free(owned);
   free(refs);
   return status;
 }
@@ -422,11 +553,17 @@ int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const eng
   double *g = s + n, *zs = s + 2 * n, *zg = s + 3 * n;
   for (int i = 0; i < n && status == AP_OK; i++) {
     const ap_linear *l = lin(w, i);
-    ap_layer_ref ref = {(const float *)l->weight.data, (const double *)l->act_sumsq.data, w->masks[i],
-                        (size_t)l->rows, (size_t)l->cols};
     uint64_t params = wl_layer_params(w, i), pruned = ap_bitmap_count(w->masks[i], params);
     if (pruned < params) {
+      float *owned;
+      const float *wt = host_weights(w, i, &owned, err, errlen);
+      if (!wt) {
+        status = AP_RESOURCE_EXHAUSTED;
+        break;
+      }
+      ap_layer_ref ref = {wt, (const double *)l->act_sumsq.data, w->masks[i], (size_t)l->rows, (size_t)l->cols};
       rc = ap_stats_score_percentile(&ref, 10.0, &s[i]);
+      free(owned);
       if (rc != AP_PRUNE_OK) status = prune_status(rc, l->name, err, errlen);
       /* grad_abs_kept sums |dL_i/dW| over kept weights and windows. */
       g[i] = l->grad_windows > 0 ? l->grad_abs_kept / ((double)l->grad_windows * (double)(params - pruned)) : 0;

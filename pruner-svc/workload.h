@@ -37,10 +37,22 @@ typedef struct {
 } workload;
 
 /* Loads model and tokenizer of `dir`, selects the eligible layers by the
- * include/exclude patterns (NULL or "" = all). Returns a gRPC status code. */
+ * include/exclude patterns (NULL or "" = all). Returns a gRPC status code.
+ * device: "cpu"; "cuda" (AP_FAILED_PRECONDITION "device cuda: ..." when no
+ * CUDA device answers or the build has no CUDA backend; AP_RESOURCE_EXHAUSTED
+ * when the model does not fit in GPU memory resident); "auto", NULL or "":
+ * CUDA when a device answers and the model fits, else the CPU (logged).
+ * w->device says which one runs. The mask selection and statistics of
+ * pruner-svc/prune run on the host in every case: on CUDA each layer's
+ * working weights are downloaded for them (ap_model_weights_host). */
 int wl_open(workload *w, const char *dir, const char *device, int threads, const char *include,
             const char *exclude, char *err, size_t errlen);
 void wl_close(workload *w);
+
+/* Device memory limit in bytes for the CUDA backend (0 = none: the device's
+ * free memory bounds the plan), process-wide: apk_cuda_set_mem_limit in
+ * builds with CUDA, and the bound wl_open checks a model against. */
+void wl_set_gpu_mem_limit(uint64_t bytes);
 
 /* Tokenises the text once (BOS where the tokenizer adds one) and takes
  * `want` windows of L tokens (0 = all): the first ones, or with `random`
