@@ -15,20 +15,25 @@
 
 #include "ap_backend.h"
 #include "ap_math.h"
+#include "cpu_internal.h"
+#include "simd_math.h"
 
-/* Below this many elements of work an op runs on one thread: forking the
- * team costs more than it saves, and far more when the other core is busy
- * (the team's barrier then waits for a descheduled thread). */
-#define PAR_MIN 32768
+#define PAR_MIN APK_CPU_PAR_MIN
 
 /* ---- context and memory --------------------------------------------------- */
 
 static int cpu_init(int device, void **state) {
-  *state = NULL;
+  apk_cpu_state *st = calloc(1, sizeof *st);
+  if (!st) return apk_fail(APK_ENOMEM, "cpu: out of memory for the backend state");
+#if APK_CPU_HAVE_AVX2
+  const char *env = getenv("APK_CPU_SIMD");
+  st->simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(env && strcmp(env, "0") == 0);
+#endif
+  *state = st;
   return APK_OK;
 }
 
-static void cpu_shutdown(void *state) {}
+static void cpu_shutdown(void *state) { free(state); }
 static int cpu_sync(void *state) { return APK_OK; }
 
 static int cpu_alloc(void *state, size_t bytes, void **out) {
@@ -155,114 +160,6 @@ static int cpu_rope(void *state, float *out, const float *inp, const float *cos_
       }
     }
   }
-  return APK_OK;
-}
-
-static inline float dotf(const float *a, const float *b, int64_t n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-static inline void axpyf(float *y, float a, const float *x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
-}
-
-/* One (window, head, query) row at a time: scores for keys 0..t into a row of
- * T floats, softmax, weighted sum of values. */
-static int cpu_attention_forward(void *state, float *out, float *lse, const float *q, const float *k, const float *v,
-                                 int64_t B, int64_t T, int64_t H, int64_t KVH, int64_t D) {
-  float scale = 1.0f / sqrtf((float)D);
-  int64_t group = H / KVH;
-  int failed = 0;
-#pragma omp parallel if (B * H * T * T * D > 2 * PAR_MIN)
-  {
-    float *row = malloc((size_t)T * sizeof(float));
-    float *acc = malloc((size_t)D * sizeof(float));
-    if (!row || !acc) {
-#pragma omp atomic write
-      failed = 1;
-    }
-#pragma omp for schedule(dynamic, 8)
-    for (int64_t idx = 0; idx < B * H * T; idx++) {
-      if (!row || !acc) continue;
-      int64_t t = idx % T, h = (idx / T) % H, b = idx / (T * H);
-      int64_t kh = h / group;
-      const float *qv = q + ((b * T + t) * H + h) * D;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j <= t; j++) {
-        float s = dotf(qv, k + ((b * T + j) * KVH + kh) * D, D) * scale;
-        row[j] = s;
-        if (s > mx) mx = s;
-      }
-      double sum = 0.0;
-      for (int64_t j = 0; j <= t; j++) {
-        float p = expf(row[j] - mx);
-        row[j] = p;
-        sum += p;
-      }
-      memset(acc, 0, (size_t)D * sizeof(float));
-      for (int64_t j = 0; j <= t; j++) axpyf(acc, row[j], v + ((b * T + j) * KVH + kh) * D, D);
-      float inv = (float)(1.0 / sum);
-      float *o = out + ((b * T + t) * H + h) * D;
-      for (int64_t d = 0; d < D; d++) o[d] = acc[d] * inv;
-      if (lse) lse[(b * H + h) * T + t] = mx + (float)log(sum);
-    }
-    free(row);
-    free(acc);
-  }
-  if (failed) return apk_fail(APK_ENOMEM, "attention: out of memory for a score row");
-  return APK_OK;
-}
-
-/* Parallel over (window, kv head): every query head of a group and every
- * query row writes into the same dk/dv rows, so one thread owns a group. */
-static int cpu_attention_backward(void *state, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                  const float *k, const float *v, const float *out, const float *lse, int64_t B,
-                                  int64_t T, int64_t H, int64_t KVH, int64_t D) {
-  float scale = 1.0f / sqrtf((float)D);
-  int64_t group = H / KVH;
-  int failed = 0;
-#pragma omp parallel if (B * H * T * T * D > 2 * PAR_MIN)
-  {
-    float *row = malloc((size_t)T * sizeof(float));
-    if (!row) {
-#pragma omp atomic write
-      failed = 1;
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t idx = 0; idx < B * KVH; idx++) {
-      if (!row) continue;
-      int64_t b = idx / KVH, kh = idx % KVH;
-      for (int64_t h = kh * group; h < (kh + 1) * group; h++) {
-        for (int64_t t = 0; t < T; t++) {
-          const float *qv = q + ((b * T + t) * H + h) * D;
-          const float *go = dout + ((b * T + t) * H + h) * D;
-          const float *o = out + ((b * T + t) * H + h) * D;
-          float *gq = dq + ((b * T + t) * H + h) * D;
-          float l = lse[(b * H + h) * T + t];
-          float delta = dotf(go, o, D);
-          for (int64_t j = 0; j <= t; j++) {
-            const float *kv = k + ((b * T + j) * KVH + kh) * D;
-            const float *vv = v + ((b * T + j) * KVH + kh) * D;
-            float p = expf(dotf(qv, kv, D) * scale - l);
-            float dp = dotf(go, vv, D);
-            row[j] = p * (dp - delta);
-            axpyf(dv + ((b * T + j) * KVH + kh) * D, p, go, D);
-          }
-          for (int64_t j = 0; j <= t; j++) {
-            float ds = row[j] * scale;
-            axpyf(gq, ds, k + ((b * T + j) * KVH + kh) * D, D);
-            axpyf(dk + ((b * T + j) * KVH + kh) * D, ds, qv, D);
-          }
-        }
-      }
-    }
-    free(row);
-  }
-  if (failed) return apk_fail(APK_ENOMEM, "attention backward: out of memory for a score row");
   return APK_OK;
 }
 
@@ -440,8 +337,8 @@ static const apk_backend_ops cpu_ops = {
     .linear_forward = cpu_linear_forward,
     .linear_backward = cpu_linear_backward,
     .rope = cpu_rope,
-    .attention_forward = cpu_attention_forward,
-    .attention_backward = cpu_attention_backward,
+    .attention_forward = apk_cpu_attention_forward,
+    .attention_backward = apk_cpu_attention_backward,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
     .add_inplace = cpu_add_inplace,
