@@ -55,6 +55,7 @@ typedef struct {
   char pruner_addr[128], agent_addr[128];
   char data_dir[512];
   int own_data_dir;
+  const char *gpu_mem_limit; /* --gpu-mem-limit for a local pruner-svc (NULL: its default) */
 } cli_services;
 
 /*

@@ -12,11 +12,12 @@ static const cli_opt opts[] = {
     {"ctx", 0, "window length (default min(2048, max_position_embeddings))"},
     {"windows", 0, "use only the first N windows (default: every window)"},
     {"device", 0, "auto|cpu|cuda (default auto)"},
+    {"gpu-mem-limit", 0, "GPU memory a local pruner-svc may use, e.g. 40G"},
     {"pruner", 0, "address of a running pruner-svc (default: start a local one)"},
     {"json", 1, "machine-readable output on stdout"},
     {"help", 1, "show this help"},
 };
-enum { O_MODEL, O_TEXT, O_CTX, O_WINDOWS, O_DEVICE, O_PRUNER, O_JSON, O_HELP, O_N };
+enum { O_MODEL, O_TEXT, O_CTX, O_WINDOWS, O_DEVICE, O_GPU_MEM, O_PRUNER, O_JSON, O_HELP, O_N };
 
 int cmd_eval(int argc, char **argv) {
   cli_vals v;
@@ -41,6 +42,7 @@ int cmd_eval(int argc, char **argv) {
   if (v.set[O_DEVICE]) spec.device = (char *)v.value[O_DEVICE];
 
   cli_services svc = {0};
+  if (v.set[O_GPU_MEM]) svc.gpu_mem_limit = v.value[O_GPU_MEM];
   if (v.set[O_PRUNER]) snprintf(svc.pruner_addr, sizeof svc.pruner_addr, "%s", v.value[O_PRUNER]);
   else if (cli_services_start(&svc, 1, 0, spec.device, NULL) < 0) {
     cli_services_stop(&svc);

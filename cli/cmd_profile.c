@@ -17,11 +17,12 @@ static const cli_opt opts[] = {
     {"include", 0, "PCRE2 pattern: only layers whose name matches"},
     {"exclude", 0, "PCRE2 pattern: skip layers whose name matches"},
     {"device", 0, "auto|cpu|cuda"},
+    {"gpu-mem-limit", 0, "GPU memory a local pruner-svc may use, e.g. 40G"},
     {"pruner", 0, "address of a running pruner-svc (default: start a local one)"},
     {"json", 1, "machine-readable output on stdout"},
     {"help", 1, "show this help"},
 };
-enum { O_MODEL, O_CALIB, O_CW, O_GW, O_CTX, O_SAMPLE, O_SEED, O_INC, O_EXC, O_DEVICE, O_PRUNER, O_JSON, O_HELP, O_N };
+enum { O_MODEL, O_CALIB, O_CW, O_GW, O_CTX, O_SAMPLE, O_SEED, O_INC, O_EXC, O_DEVICE, O_GPU_MEM, O_PRUNER, O_JSON, O_HELP, O_N };
 
 static const char *kind_name(int k) {
   static const char *const names[] = {"?", "q", "k", "v", "o", "gate", "up", "down"};
@@ -59,6 +60,7 @@ int cmd_profile(int argc, char **argv) {
   if (v.set[O_DEVICE]) spec.device = (char *)v.value[O_DEVICE];
 
   cli_services svc = {0};
+  if (v.set[O_GPU_MEM]) svc.gpu_mem_limit = v.value[O_GPU_MEM];
   if (v.set[O_PRUNER]) snprintf(svc.pruner_addr, sizeof svc.pruner_addr, "%s", v.value[O_PRUNER]);
   else if (cli_services_start(&svc, 1, 0, spec.device, NULL) < 0) {
     cli_services_stop(&svc);

@@ -38,6 +38,7 @@ static const cli_opt opts[] = {
     {"exclude", 0, "PCRE2 pattern: skip layers whose name matches"},
     {"agent-fallback", 0, "rule: decide locally while the agent is unreachable"},
     {"device", 0, "auto|cpu|cuda"},
+    {"gpu-mem-limit", 0, "GPU memory a local pruner-svc may use, e.g. 40G"},
     {"pruner", 0, "address of a running pruner-svc (default: start a local one)"},
     {"agent", 0, "address of a running agent-svc (default: the pruner's, or a local one)"},
     {"llm-url", 0, "OpenAI-compatible base URL for --policy llm (local agent only)"},
@@ -49,7 +50,7 @@ static const cli_opt opts[] = {
 enum {
   O_MODEL, O_CALIB, O_EVAL, O_TEST, O_SPARSITY, O_OUT, O_POLICY, O_STRUCTURE, O_COMPARE, O_CW, O_EW,
   O_GW, O_CTX, O_SAMPLE, O_SEED, O_TAU, O_MAXIT, O_MAXRB, O_STEP, O_CEIL, O_OWLM, O_OWLL, O_INC, O_EXC,
-  O_FALLBACK, O_DEVICE, O_PRUNER, O_AGENT, O_LLMURL, O_LLMMODEL, O_DETACH, O_JSON, O_HELP, O_N
+  O_FALLBACK, O_DEVICE, O_GPU_MEM, O_PRUNER, O_AGENT, O_LLMURL, O_LLMMODEL, O_DETACH, O_JSON, O_HELP, O_N
 };
 
 /* Ctrl-C: the first cancels the job cleanly (it keeps its last accepted
@@ -228,6 +229,7 @@ int cmd_prune(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &sctx.set, NULL);
 
   cli_services svc = {0};
+  if (v.set[O_GPU_MEM]) svc.gpu_mem_limit = v.value[O_GPU_MEM];
   sctx.svc = &svc;
   if (v.set[O_PRUNER]) snprintf(svc.pruner_addr, sizeof svc.pruner_addr, "%s", v.value[O_PRUNER]);
   if (v.set[O_AGENT]) snprintf(svc.agent_addr, sizeof svc.agent_addr, "%s", v.value[O_AGENT]);

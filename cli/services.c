@@ -154,6 +154,10 @@ int cli_services_start(cli_services *s, int need_pruner, int need_agent, const c
       argv[n++] = "--device";
       argv[n++] = device;
     }
+    if (s->gpu_mem_limit && *s->gpu_mem_limit) {
+      argv[n++] = "--gpu-mem-limit";
+      argv[n++] = s->gpu_mem_limit;
+    }
     argv[n] = NULL;
     s->pruner_pid = spawn(bin, (char *const *)argv, log);
     if (s->pruner_pid < 0 || wait_port(s->pruner_pid, port_file, "pruner-svc", log, s->pruner_addr,

@@ -153,6 +153,22 @@ def main():
               "agentprune eval --device cuda matches the CPU within 1e-3: %s" % (r_cuda.stdout.strip() or
                                                                                  r_cuda.stderr.strip()))
 
+    # agentprune passes --gpu-mem-limit to its local pruner-svc: a malformed
+    # one stops the worker at start (its log names the flag), a valid one runs
+    r_bad = subprocess.run(base + ["--device", "cpu", "--gpu-mem-limit", "forty"], capture_output=True, text=True,
+                           env=env, timeout=120)
+    # (the CLI removes its working folder, log included, on exit: only the
+    # start-up failure is visible; the same command with 1G runs below)
+    check(r_bad.returncode != 0 and "pruner-svc exited during start-up" in r_bad.stderr,
+          "agentprune eval --gpu-mem-limit forty: the local pruner-svc refuses it (rc %d, %r)" %
+          (r_bad.returncode, r_bad.stderr.strip()))
+    r_ok = subprocess.run(base + ["--device", "cpu", "--gpu-mem-limit", "1G"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    j_ok = json.loads(r_ok.stdout) if r_ok.returncode == 0 else None
+    check(j_ok is not None and j_cpu is not None and j_ok["ppl"] == j_cpu["ppl"],
+          "agentprune eval --gpu-mem-limit 1G --device cpu runs unchanged (%s)" % (r_ok.stdout.strip() or
+                                                                                r_ok.stderr.strip()))
+
     # a malformed limit is refused at start, naming the flag
     bad = subprocess.run([pruner_bin, "--data-roots", data, "--gpu-mem-limit", "forty", "--listen", "127.0.0.1:0",
                           "--data-dir", os.path.join(work, "store2")], capture_output=True, text=True, timeout=60)
