@@ -82,6 +82,12 @@ static int spawn(const char *bin, char *const argv[], const char *log) {
     /* Own process group: a Ctrl-C at the terminal reaches only the CLI,
        which then cancels the job and stops the services in order. */
     setpgid(0, 0);
+    /* `prune` blocks SIGINT and SIGTERM for its signal thread; a blocked
+       mask survives exec, and the services would then ignore the SIGTERM
+       that stops them (and be killed 15 s later). */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
