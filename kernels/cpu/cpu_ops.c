@@ -19,6 +19,12 @@
 #include "simd_math.h"
 
 #define PAR_MIN APK_CPU_PAR_MIN
+/* Thresholds of the ops rewritten with vector kernels, in elements: a fork
+ * and join of the team costs ~15-20 us with OMP_WAIT_POLICY=passive on the
+ * CI machine, the time one core takes for ~100K elements of a streaming op
+ * or ~40K exponentials. */
+#define PAR_MIN_CHEAP (1 << 17)
+#define PAR_MIN_EXP (1 << 15)
 
 /* ---- context and memory --------------------------------------------------- */
 
@@ -80,9 +86,174 @@ static int cpu_embedding_forward(void *state, float *out, const int32_t *tokens,
   return APK_OK;
 }
 
+/* Vector versions of the row and element loops below (same math; float
+ * rounding differs only in the order of the sums). Each runs on one row or
+ * one contiguous range, called from the ops' OpenMP loops. */
+#if APK_CPU_HAVE_AVX2
+/* sum of squares in F64 of x[0..C) */
+static APK_AVX2 double sumsq_avx2(const float *x, int64_t C) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= C; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    s0 = _mm256_fmadd_pd(lo, lo, s0);
+    s1 = _mm256_fmadd_pd(hi, hi, s1);
+  }
+  double ss = apk_hsum4d(_mm256_add_pd(s0, s1));
+  for (; i < C; i++) ss += (double)x[i] * x[i];
+  return ss;
+}
+
+static APK_AVX2 void rmsnorm_rows_avx2(float *out, float *rstd, const float *inp, const float *weight, int64_t n0,
+                                       int64_t n1, int64_t C, float eps) {
+  for (int64_t n = n0; n < n1; n++) {
+    const float *x = inp + n * C;
+    float *y = out + n * C;
+    float r = (float)(1.0 / sqrt(sumsq_avx2(x, C) / (double)C + (double)eps));
+    __m256 vr = _mm256_set1_ps(r);
+    int64_t i = 0;
+    for (; i + 8 <= C; i += 8)
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), _mm256_loadu_ps(weight + i)));
+    for (; i < C; i++) y[i] = (x[i] * r) * weight[i];
+    if (rstd) rstd[n] = r;
+  }
+}
+
+static APK_AVX2 void rmsnorm_bwd_rows_avx2(float *dinp, const float *dout, const float *inp, const float *weight,
+                                           const float *rstd, int64_t n0, int64_t n1, int64_t C) {
+  for (int64_t n = n0; n < n1; n++) {
+    const float *x = inp + n * C, *dy = dout + n * C;
+    float *dx = dinp + n * C;
+    float r = rstd[n];
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= C; i += 8) {
+      __m256 a = _mm256_loadu_ps(dy + i), w = _mm256_loadu_ps(weight + i), v = _mm256_loadu_ps(x + i);
+      __m256d a0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a)), a1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+      __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(w)), w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+      __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      s0 = _mm256_fmadd_pd(_mm256_mul_pd(a0, w0), v0, s0);
+      s1 = _mm256_fmadd_pd(_mm256_mul_pd(a1, w1), v1, s1);
+    }
+    double dot = apk_hsum4d(_mm256_add_pd(s0, s1));
+    for (; i < C; i++) dot += (double)dy[i] * weight[i] * x[i];
+    float k = (float)(dot * (double)r * r * r / (double)C);
+    __m256 vr = _mm256_set1_ps(r), vk = _mm256_set1_ps(k);
+    for (i = 0; i + 8 <= C; i += 8) {
+      __m256 g = _mm256_mul_ps(_mm256_mul_ps(vr, _mm256_loadu_ps(weight + i)), _mm256_loadu_ps(dy + i));
+      g = _mm256_fnmadd_ps(vk, _mm256_loadu_ps(x + i), g);
+      _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
+    }
+    for (; i < C; i++) dx[i] += r * weight[i] * dy[i] - k * x[i];
+  }
+}
+
+/* out[i] = silu(gate[i]) * up[i] for i in [i0, i1) */
+static APK_AVX2 void swiglu_range_avx2(float *out, const float *gate, const float *up, int64_t i0, int64_t i1) {
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  int64_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 e = apk_exp8(_mm256_xor_ps(g, sign));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < i1; i++) out[i] = apk_silu(gate[i]) * up[i];
+}
+
+static APK_AVX2 void swiglu_bwd_range_avx2(float *dgate, float *dup, const float *dout, const float *gate,
+                                           const float *up, int64_t i0, int64_t i1) {
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  int64_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i), d = _mm256_loadu_ps(dout + i);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, apk_exp8(_mm256_xor_ps(g, sign))));
+    /* silu'(g) = s (1 + g (1 - s)) */
+    __m256 grad = _mm256_mul_ps(s, _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one));
+    _mm256_storeu_ps(dgate + i, _mm256_mul_ps(_mm256_mul_ps(d, u), grad));
+    _mm256_storeu_ps(dup + i, _mm256_mul_ps(d, _mm256_mul_ps(g, s)));
+  }
+  for (; i < i1; i++) {
+    float g = gate[i], u = up[i], d = dout[i];
+    float dg = d * u * apk_silu_grad(g);
+    float du = d * apk_silu(g);
+    dgate[i] = dg;
+    dup[i] = du;
+  }
+}
+
+/* Row max and sum of exp(x - max) (in F64) of x[0..V). */
+static APK_AVX2 double row_expsum_avx2(const float *x, int64_t V, float *mx_out) {
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 m0 = ninf, m1 = ninf;
+  int64_t i = 0;
+  for (; i + 16 <= V; i += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+  }
+  for (; i + 8 <= V; i += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+  __m256i tail = apk_tail_mask8(V - i);
+  __m256 xt = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, tail), _mm256_castsi256_ps(tail));
+  float mx = apk_hmax8(_mm256_max_ps(_mm256_max_ps(m0, m1), xt));
+  __m256 vm = _mm256_set1_ps(mx);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  for (i = 0; i + 8 <= V; i += 8) {
+    __m256 p = apk_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+  }
+  __m256 p = apk_exp8(_mm256_sub_ps(xt, vm)); /* the -inf lanes give 0 */
+  s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+  s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+  *mx_out = mx;
+  return apk_hsum4d(_mm256_add_pd(s0, s1));
+}
+
+static APK_AVX2 float nll_row_avx2(const float *x, int64_t V, int32_t target) {
+  float mx;
+  double s = row_expsum_avx2(x, V, &mx);
+  return (float)((double)mx + log(s) - (double)x[target]);
+}
+
+/* d[i] = scale * softmax(x)[i] - scale * [i == target]; d may alias x. */
+static APK_AVX2 void ce_grad_row_avx2(float *d, const float *x, int64_t V, int32_t target, float scale) {
+  float mx;
+  double s = row_expsum_avx2(x, V, &mx);
+  __m256 vm = _mm256_set1_ps(mx), c = _mm256_set1_ps((float)((double)scale / s));
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) _mm256_storeu_ps(d + i, _mm256_mul_ps(apk_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm)), c));
+  if (i < V) {
+    __m256i tail = apk_tail_mask8(V - i);
+    __m256 p = apk_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + i, tail), vm));
+    _mm256_maskstore_ps(d + i, tail, _mm256_mul_ps(p, c));
+  }
+  d[target] -= scale;
+}
+#endif
+
+/* Part `part` of `parts` near-equal parts of [0, n), cut at multiples of
+ * `align`: the vector loops then always see the same 8-element groups and
+ * only the last n % 8 elements go through the scalar tail, whatever the
+ * thread count (so results do not depend on it). */
+static inline void part_range(int64_t n, int64_t align, int part, int parts, int64_t *lo, int64_t *hi) {
+  *lo = part == 0 ? 0 : n * part / parts / align * align;
+  *hi = part == parts - 1 ? n : n * (part + 1) / parts / align * align;
+}
+
 static int cpu_rmsnorm_forward(void *state, float *out, float *rstd, const float *inp, const float *weight,
                                int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
+#if APK_CPU_HAVE_AVX2
+  if (apk_cpu_simd(state)) {
+#pragma omp parallel if (N * C > PAR_MIN_CHEAP)
+    {
+      int64_t n0, n1;
+      part_range(N, 1, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+      rmsnorm_rows_avx2(out, rstd, inp, weight, n0, n1, C, eps);
+    }
+    return APK_OK;
+  }
+#endif
+#pragma omp parallel for schedule(static) if (N * C > PAR_MIN_CHEAP)
   for (int64_t n = 0; n < N; n++) {
     const float *x = inp + n * C;
     float *y = out + n * C;
@@ -97,7 +268,18 @@ static int cpu_rmsnorm_forward(void *state, float *out, float *rstd, const float
 
 static int cpu_rmsnorm_backward(void *state, float *dinp, const float *dout, const float *inp, const float *weight,
                                 const float *rstd, int64_t N, int64_t C) {
-#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
+#if APK_CPU_HAVE_AVX2
+  if (apk_cpu_simd(state)) {
+#pragma omp parallel if (N * C > PAR_MIN_CHEAP)
+    {
+      int64_t n0, n1;
+      part_range(N, 1, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+      rmsnorm_bwd_rows_avx2(dinp, dout, inp, weight, rstd, n0, n1, C);
+    }
+    return APK_OK;
+  }
+#endif
+#pragma omp parallel for schedule(static) if (N * C > PAR_MIN_CHEAP)
   for (int64_t n = 0; n < N; n++) {
     const float *x = inp + n * C, *dy = dout + n * C;
     float *dx = dinp + n * C;
@@ -107,6 +289,118 @@ static int cpu_rmsnorm_backward(void *state, float *dinp, const float *dout, con
     float k = (float)(dot * (double)r * r * r / (double)C);
     for (int64_t i = 0; i < C; i++) dx[i] += r * weight[i] * dy[i] - k * x[i];
   }
+  return APK_OK;
+}
+
+static int cpu_swiglu_forward(void *state, float *out, const float *gate, const float *up, int64_t n) {
+#if APK_CPU_HAVE_AVX2
+  if (apk_cpu_simd(state)) {
+#pragma omp parallel if (n > PAR_MIN_EXP)
+    {
+      int64_t i0, i1;
+      part_range(n, 8, omp_get_thread_num(), omp_get_num_threads(), &i0, &i1);
+      swiglu_range_avx2(out, gate, up, i0, i1);
+    }
+    return APK_OK;
+  }
+#endif
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_EXP)
+  for (int64_t i = 0; i < n; i++) out[i] = apk_silu(gate[i]) * up[i];
+  return APK_OK;
+}
+
+static int cpu_swiglu_backward(void *state, float *dgate, float *dup, const float *dout, const float *gate,
+                               const float *up, int64_t n) {
+#if APK_CPU_HAVE_AVX2
+  if (apk_cpu_simd(state)) {
+#pragma omp parallel if (n > PAR_MIN_EXP)
+    {
+      int64_t i0, i1;
+      part_range(n, 8, omp_get_thread_num(), omp_get_num_threads(), &i0, &i1);
+      swiglu_bwd_range_avx2(dgate, dup, dout, gate, up, i0, i1);
+    }
+    return APK_OK;
+  }
+#endif
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_EXP)
+  for (int64_t i = 0; i < n; i++) {
+    float g = gate[i], u = up[i], d = dout[i];
+    float dg = d * u * apk_silu_grad(g);
+    float du = d * apk_silu(g);
+    dgate[i] = dg;
+    dup[i] = du;
+  }
+  return APK_OK;
+}
+
+static int cpu_add_inplace(void *state, float *a, const float *b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_CHEAP)
+  for (int64_t i = 0; i < n; i++) a[i] += b[i];
+  return APK_OK;
+}
+
+static double row_logsumexp(const float *x, int64_t V) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < V; i++)
+    if (x[i] > mx) mx = x[i];
+  double s = 0.0;
+  for (int64_t i = 0; i < V; i++) s += exp((double)(x[i] - mx));
+  return (double)mx + log(s);
+}
+
+static int check_targets(const int32_t *targets, int64_t N, int64_t V) {
+  for (int64_t n = 0; n < N; n++)
+    if (targets[n] >= V)
+      return apk_fail(APK_ERANGE, "cross-entropy: target %d at row %lld outside vocabulary of %lld", targets[n],
+                      (long long)n, (long long)V);
+  return APK_OK;
+}
+
+static int cpu_crossentropy_forward(void *state, float *nll, const float *logits, const int32_t *targets, int64_t N,
+                                    int64_t V) {
+  int rc = check_targets(targets, N, V);
+  if (rc) return rc;
+  int simd = apk_cpu_simd(state);
+#pragma omp parallel for schedule(static) if (N * V > PAR_MIN_EXP)
+  for (int64_t n = 0; n < N; n++) {
+    const float *x = logits + n * V;
+    if (targets[n] < 0)
+      nll[n] = 0.0f;
+#if APK_CPU_HAVE_AVX2
+    else if (simd)
+      nll[n] = nll_row_avx2(x, V, targets[n]);
+#endif
+    else
+      nll[n] = (float)(row_logsumexp(x, V) - (double)x[targets[n]]);
+  }
+  (void)simd;
+  return APK_OK;
+}
+
+static int cpu_crossentropy_backward(void *state, float *dlogits, const float *logits, const int32_t *targets,
+                                     int64_t N, int64_t V, float scale) {
+  int rc = check_targets(targets, N, V);
+  if (rc) return rc;
+  int simd = apk_cpu_simd(state);
+#pragma omp parallel for schedule(static) if (N * V > PAR_MIN_EXP)
+  for (int64_t n = 0; n < N; n++) {
+    const float *x = logits + n * V;
+    float *d = dlogits + n * V;
+    if (targets[n] < 0) {
+      memset(d, 0, (size_t)V * sizeof(float));
+      continue;
+    }
+#if APK_CPU_HAVE_AVX2
+    if (simd) {
+      ce_grad_row_avx2(d, x, V, targets[n], scale);
+      continue;
+    }
+#endif
+    double lse = row_logsumexp(x, V);
+    for (int64_t i = 0; i < V; i++) d[i] = scale * (float)exp((double)x[i] - lse);
+    d[targets[n]] -= scale;
+  }
+  (void)simd;
   return APK_OK;
 }
 
@@ -159,83 +453,6 @@ static int cpu_rope(void *state, float *out, const float *inp, const float *cos_
         y[i + half] = o2;
       }
     }
-  }
-  return APK_OK;
-}
-
-static int cpu_swiglu_forward(void *state, float *out, const float *gate, const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-  for (int64_t i = 0; i < n; i++) out[i] = apk_silu(gate[i]) * up[i];
-  return APK_OK;
-}
-
-static int cpu_swiglu_backward(void *state, float *dgate, float *dup, const float *dout, const float *gate,
-                               const float *up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-  for (int64_t i = 0; i < n; i++) {
-    float g = gate[i], u = up[i], d = dout[i];
-    float dg = d * u * apk_silu_grad(g);
-    float du = d * apk_silu(g);
-    dgate[i] = dg;
-    dup[i] = du;
-  }
-  return APK_OK;
-}
-
-static int cpu_add_inplace(void *state, float *a, const float *b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-  for (int64_t i = 0; i < n; i++) a[i] += b[i];
-  return APK_OK;
-}
-
-static double row_logsumexp(const float *x, int64_t V) {
-  float mx = -INFINITY;
-  for (int64_t i = 0; i < V; i++)
-    if (x[i] > mx) mx = x[i];
-  double s = 0.0;
-  for (int64_t i = 0; i < V; i++) s += exp((double)(x[i] - mx));
-  return (double)mx + log(s);
-}
-
-static int check_targets(const int32_t *targets, int64_t N, int64_t V) {
-  for (int64_t n = 0; n < N; n++)
-    if (targets[n] >= V)
-      return apk_fail(APK_ERANGE, "cross-entropy: target %d at row %lld outside vocabulary of %lld", targets[n],
-                      (long long)n, (long long)V);
-  return APK_OK;
-}
-
-static int cpu_crossentropy_forward(void *state, float *nll, const float *logits, const int32_t *targets, int64_t N,
-                                    int64_t V) {
-  int rc = check_targets(targets, N, V);
-  if (rc) return rc;
-#pragma omp parallel for schedule(static) if (N * V > PAR_MIN)
-  for (int64_t n = 0; n < N; n++) {
-    if (targets[n] < 0) {
-      nll[n] = 0.0f;
-      continue;
-    }
-    const float *x = logits + n * V;
-    nll[n] = (float)(row_logsumexp(x, V) - (double)x[targets[n]]);
-  }
-  return APK_OK;
-}
-
-static int cpu_crossentropy_backward(void *state, float *dlogits, const float *logits, const int32_t *targets,
-                                     int64_t N, int64_t V, float scale) {
-  int rc = check_targets(targets, N, V);
-  if (rc) return rc;
-#pragma omp parallel for schedule(static) if (N * V > PAR_MIN)
-  for (int64_t n = 0; n < N; n++) {
-    const float *x = logits + n * V;
-    float *d = dlogits + n * V;
-    if (targets[n] < 0) {
-      memset(d, 0, (size_t)V * sizeof(float));
-      continue;
-    }
-    double lse = row_logsumexp(x, V);
-    for (int64_t i = 0; i < V; i++) d[i] = scale * (float)exp((double)x[i] - lse);
-    d[targets[n]] -= scale;
   }
   return APK_OK;
 }
