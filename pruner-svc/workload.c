@@ -64,8 +64,8 @@ void wl_set_gpu_mem_limit(uint64_t bytes) {
  * and one window of the default length with the backward pass. Returns
  * AP_OK, or AP_RESOURCE_EXHAUSTED with the figures in err. A config that
  * does not parse passes: the load reports it properly. */
-static int cuda_fits(const char *dir, char *err, size_t errlen) {
 #ifdef APK_HAVE_CUDA
+static int cuda_fits(const char *dir, char *err, size_t errlen) {
   ap_hf_config c;
   char cerr[256];
   if (ap_hf_config_load(dir, &c, cerr, sizeof cerr) != 0) return AP_OK;
@@ -90,11 +90,8 @@ static int cuda_fits(const char *dir, char *err, size_t errlen) {
            "model yet",
            e.peak_resident / 1073741824.0, T, what, limit / 1073741824.0, e.peak_streaming / 1073741824.0);
   return AP_RESOURCE_EXHAUSTED;
-#else
-  (void)dir, (void)err, (void)errlen;
-  return AP_OK;
-#endif
 }
+#endif
 
 /* Loads the model on the device that `device` asks for: "cpu"; "cuda"
  * (refused with FAILED_PRECONDITION when no CUDA device answers); "auto" or
