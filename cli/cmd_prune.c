@@ -9,6 +9,7 @@
 
 #include "agentprune/v1/pruner.pb-c.h"
 #include "cli.h"
+#include "rpc_server.h"
 #include "watch.h"
 
 static const cli_opt opts[] = {
@@ -260,7 +261,9 @@ int cmd_prune(int argc, char **argv) {
                           (ProtobufCMessage **)&job, 60000, &st);
   if (code != 0) {
     cli_fail("the job was refused: %s", st.message);
-    rc = cli_exit_for_status(code);
+    /* SubmitJob answers FAILED_PRECONDITION only when the job's agent is
+       unreachable: a service unreachable (3), not bad input (2). */
+    rc = code == AP_FAILED_PRECONDITION ? EXIT_UNREACHABLE : cli_exit_for_status(code);
     goto done;
   }
   if (v.set[O_DETACH]) {

@@ -117,6 +117,12 @@ def run(env, a):
     rc, out, err = cli("health", "--pruner", P, "--agent", DEAD, "--timeout-ms", "1000")
     check(rc == 3 and "DOWN" in out and "SERVING" in out, "health with the agent dead: 3 (%d %r)" % (rc, out))
 
+    # The pruner is up but the job's agent is not: a service unreachable.
+    rc, out, err = cli("prune", "--pruner", P, "--agent", DEAD, "--model", s260, "--calib", calib, "--eval", ev,
+                       "--sparsity", "0.5", "--out", env.path("o8"))
+    check(rc == 3 and one_sentence(err), "prune with --agent DEAD against a live pruner: exit 3 (%d %r)" %
+          (rc, err.strip()[:160]))
+
     # eval --json against the service's own Evaluate
     rc, out, err = cli("eval", "--pruner", P, "--model", s260, "--text", ev, "--ctx", "128", "--json")
     res = json.loads(out) if rc == 0 else {}
