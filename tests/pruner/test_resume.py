@@ -85,7 +85,7 @@ def run(env, a):
         ("after ROLLED_BACK of iteration %s" % rb, "ROLLED_BACK", rb) if rb else
         ("after ACCEPTED of iteration 5", "ACCEPTED", 5),
         ("after ACCEPTED of iteration %d" % (n_it - 1), "ACCEPTED", n_it - 1),
-        ("after EXPORTED", "EXPORTED", None),
+        ("as soon as the export's report.html exists", "EXPORTED", None),
     ]
 
     # ---- the interrupted run ----
@@ -100,12 +100,24 @@ def run(env, a):
     if code != grpc.StatusCode.OK:
         return aplib.exit_status()
     jid = job.id
+    finished_before_kill = False
     instances = 1
     sessions = set()
     kills = 0
     for i, (label, typ, it) in enumerate(schedule):
         killed_at = None
-        if typ == "CKPT":
+        if typ == "EXPORTED":
+            # The export ends with report.html, then the EXPORTED and FINISHED
+            # events follow within milliseconds: poll the file, not the stream.
+            report = os.path.join(env.path("out-kill"), "report.html")
+            deadline = time.time() + 120
+            while time.time() < deadline and p.alive():
+                if os.path.exists(report):
+                    p.kill9()
+                    killed_at = "report.html written"
+                    break
+                time.sleep(0.0005)
+        elif typ == "CKPT":
             before = set(os.listdir(pause_dir))
             deadline = time.time() + 120
             while time.time() < deadline and p.alive():
@@ -149,9 +161,15 @@ def run(env, a):
         instances += 1
         c = aplib.Client(pb, p.addr)
         code, j, _ = c.get_job(jid)
-        check(code == grpc.StatusCode.OK and j.status in (E.JOB_STATUS_RUNNING, E.JOB_STATUS_QUEUED),
-              "after restart %d GetJob works and the job is unfinished (%s)" % (kills, E.JobStatus.Name(j.status)
-                                                                               if j else code))
+        if code == grpc.StatusCode.OK and typ == "EXPORTED" and j.status == E.JOB_STATUS_SUCCEEDED:
+            # FINISHED follows EXPORTED within milliseconds: the kill may land
+            # after it, and then the restarted pruner must leave the job alone.
+            finished_before_kill = True
+            info("kill %d landed after FINISHED: the restart must not resume the job" % kills)
+        else:
+            check(code == grpc.StatusCode.OK and j.status in (E.JOB_STATUS_RUNNING, E.JOB_STATUS_QUEUED),
+                  "after restart %d GetJob works and the job is unfinished (%s)" %
+                  (kills, E.JobStatus.Name(j.status) if j else code))
         if j and j.agent_session_id:
             sessions.add(j.agent_session_id)
     # Let it finish.
@@ -195,9 +213,19 @@ def run(env, a):
     resumed = [e for e in all_evs if e.type == E.JOB_EVENT_RESUMED]
     starts = [e for e in all_evs if e.type == E.JOB_EVENT_STARTED]
     # Kill 1 (after STARTED) precedes the first checkpoint: that restart starts over.
-    check(len(starts) == 2 and len(resumed) == kills - 1,
+    want_resumed = kills - 1 - (1 if finished_before_kill else 0)
+    check(len(starts) == 2 and len(resumed) == want_resumed,
           "%d restarts from a checkpoint and one start over (STARTED %d, RESUMED %d)" %
-          (kills - 1, len(starts), len(resumed)))
+          (want_resumed, len(starts), len(resumed)))
+    if not finished_before_kill:
+        # The last instance resumed after the last checkpoint (the job had
+        # written report.html when it was killed) and exported once more.
+        last_res = max(k for k, e in enumerate(all_evs) if e.type == E.JOB_EVENT_RESUMED)
+        last_ckpt = max(k for k, e in enumerate(all_evs) if e.type in (E.JOB_EVENT_ACCEPTED,
+                                                                        E.JOB_EVENT_ROLLED_BACK))
+        tail_types = [e.type for e in all_evs[last_res + 1:]]
+        check(last_res > last_ckpt and tail_types == [E.JOB_EVENT_EXPORTED, E.JOB_EVENT_FINISHED],
+              "the job killed after writing its export resumed and exported again over its own output")
     # Each RESUMED names the last checkpoint before it: the last ACCEPTED/ROLLED_BACK/BASELINE event.
     bad = []
     last_ckpt_it = None
