@@ -42,7 +42,8 @@ def run(env, a):
     model = os.path.join(env.data, a.model)
     out = env.path("out-rule")
     code, job, details = c.submit(model_dir=model, calib_path=calib, eval_path=ev, out_dir=out, target_sparsity=0.5,
-                                  policy="rule", ctx=128, calib_windows=8, eval_windows=6, grad_windows=2, tau=TAU)
+                                  policy="rule", ctx=128, calib_windows=8, eval_windows=6, grad_windows=2, tau=TAU,
+                                  compare="wanda")
     check(code.name == "OK" and job.spec.agent_addr == agent.addr,
           "SubmitJob rule (%s %s), the job uses the pruner's agent %s" % (code.name, details,
                                                                           job.spec.agent_addr if job else ""))
@@ -111,6 +112,23 @@ def run(env, a):
                 mism.append((h.iteration, "state iteration %d" % h.state.iteration))
         check(not mism, "each history entry has the iteration's decision and outcome (%s)" % mism[:3])
 
+    # The comparison baseline: wanda at the sparsity the job reached, as a
+    # one-shot job at that target gets it.
+    base = doc.get("baselines") or []
+    # (uniform per-row rounding: within half a weight per row of the narrowest, 64-wide layer)
+    check(len(base) == 1 and base[0]["policy"] == "wanda" and abs(base[0]["sparsity"] - fin.state.global_sparsity)
+          <= 1 / 128, "agentprune.json has the wanda baseline at the job's sparsity (%s)" % base)
+    if base:
+        code, wj, details = c.submit(model_dir=model, calib_path=calib, eval_path=ev, out_dir=env.path("out-wanda"),
+                                     target_sparsity=fin.state.global_sparsity, policy="wanda", ctx=128,
+                                     calib_windows=8, eval_windows=6, grad_windows=2)
+        wfin = aplib.wait_job(c, wj.id, timeout=120) if wj else None
+        check(wfin is not None and abs(wfin.ppl - base[0]["ppl"]) <= 1e-9 * wfin.ppl and
+              abs(wfin.state.global_sparsity - base[0]["sparsity"]) < 1e-12,
+              "the baseline's ppl %.6f equals a one-shot wanda job's at that target (%.6f); the agent's is %.6f" %
+              (base[0]["ppl"], wfin.ppl if wfin else 0, fin.ppl))
+        info("rule %.4f vs wanda %.4f at sparsity %.4f" % (fin.ppl, base[0]["ppl"], fin.state.global_sparsity))
+
     # Events.
     aplib.check_events(pb, evs, fin, "rule")
     names = [aplib.event_name(pb, e.type) for e in evs]
@@ -119,7 +137,14 @@ def run(env, a):
           "events start QUEUED, STARTED, BASELINE and end EXPORTED, FINISHED (%s ... %s)" % (names[:3], names[-2:]))
     per_iter = {}
     wrong_iter = []
+    # The comparison baselines are measured after the loop and logged as
+    # EVALUATED events too ("baseline wanda at ...").
+    baseline_evs = [e for e in evs if e.type == E.JOB_EVENT_EVALUATED and e.message.startswith("baseline ")]
+    check(len(baseline_evs) == 1 and abs(baseline_evs[0].ppl - base[0]["ppl"]) < 1e-9 * base[0]["ppl"],
+          "one EVALUATED event reports the baseline")
     for e in evs[3:-2]:
+        if e in baseline_evs:
+            continue
         n = aplib.event_name(pb, e.type)
         if n == "JOB_EVENT_ITERATION_STARTED":
             cur = len(per_iter) + 1

@@ -4,6 +4,7 @@ CANCELLED with stop_reason "cancelled", keeps its last accepted state (GetJob
 still works, and reports the checkpointed iteration and masks), is not
 exported, and is not resumed by a restarted pruner-svc; a second cancel is
 FAILED_PRECONDITION; a job cancelled while queued behind another never starts.
+A SIGTERM is not a cancel: the job resumes when pruner-svc starts again.
 """
 import argparse
 import os
@@ -98,6 +99,24 @@ def run(env, a):
     check(code == grpc.StatusCode.OK and sorted(j.id for j in lst.jobs) == sorted([job.id, queued.id]),
           "ListJobs lists both jobs")
     check("resuming job" not in pruner.log_tail(20000), "the restarted pruner-svc resumed nothing")
+
+    # SIGTERM is not a cancel: the running job stays RUNNING and the next
+    # start resumes it to the end.
+    code, job3, _ = c.submit(out_dir=env.path("out-sigterm"), **spec)
+    for e in c.watch(job3.id, timeout=120):
+        if e.type == E.JOB_EVENT_ACCEPTED and e.iteration == 1:
+            break
+    c.close()
+    check(pruner.stop() == 0, "pruner-svc stops gracefully with a job running")
+    pruner = env.pruner(agent.addr, data_dir=data_dir)
+    c = aplib.Client(pb, pruner.addr)
+    fin3 = aplib.wait_job(c, job3.id, timeout=300)
+    evs3 = aplib.collect_events(c, job3.id, timeout=30)
+    res3 = [e for e in evs3 if e.type == E.JOB_EVENT_RESUMED]
+    check(fin3.status == E.JOB_STATUS_SUCCEEDED and len(res3) == 1 and res3[0].iteration >= 1,
+          "after SIGTERM and a restart the job resumed from iteration %s and succeeded (%s)" %
+          (res3[0].iteration if res3 else None, E.JobStatus.Name(fin3.status)))
+    aplib.check_events(pb, evs3, fin3, "sigterm")
     c.close()
     check(pruner.stop() == 0, "pruner-svc exits 0 on SIGTERM")
     return aplib.exit_status()

@@ -270,6 +270,32 @@ def run(env, a):
     check(rh is not None and [[(x.name, x.target_sparsity) for x in h.decision.layers] for h in hist.entries] ==
           [[(x.name, x.target_sparsity) for x in h.decision.layers] for h in rh.entries],
           "the agent decided exactly what it decided for the reference, iteration by iteration")
+    # ---- a one-shot baseline killed twice ----
+    wspec = dict(spec, policy="wanda")
+    code, wref, _ = c.submit(out_dir=env.path("out-wanda-ref"), **wspec)
+    wref = aplib.wait_job(c, wref.id, timeout=120)
+    code, wj, _ = c.submit(out_dir=env.path("out-wanda-kill"), **wspec)
+    for label, typ in (("BASELINE", E.JOB_EVENT_BASELINE), ("APPLIED", E.JOB_EVENT_APPLIED)):
+        hit = None
+        starts = 0
+        for e in c.watch(wj.id, timeout=120):
+            if e.type in (E.JOB_EVENT_STARTED, E.JOB_EVENT_RESUMED):
+                starts += 1
+            if e.type == typ and starts == (1 if typ == E.JOB_EVENT_BASELINE else 2):
+                p.kill9()
+                hit = e
+                break
+        check(hit is not None, "wanda job killed after %s" % label)
+        c.close()
+        p = env.pruner(agent.addr, data_dir=data_dir)
+        c = aplib.Client(pb, p.addr)
+    wfin = aplib.wait_job(c, wj.id, timeout=120)
+    same = wfin.status == E.JOB_STATUS_SUCCEEDED and \
+        open(os.path.join(wfin.out_dir, "model.safetensors"), "rb").read() == \
+        open(os.path.join(wref.out_dir, "model.safetensors"), "rb").read()
+    check(same and wfin.ppl == wref.ppl, "the wanda job killed twice exports the same bytes and ppl %.6f as an "
+                                         "uninterrupted one (%s)" % (wfin.ppl, E.JobStatus.Name(wfin.status)))
+
     # A resumed job re-sends the Reflect it checkpointed; the agent must find
     # it identical to what it stored (the state blob keeps doubles exactly).
     kept = sum(open(s.log_path, errors="replace").read().count("agent kept its earlier outcome")
