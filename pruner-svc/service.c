@@ -199,6 +199,22 @@ static void make_job_id(char *out, size_t len) {
            rnd[3], rnd[4], rnd[5]);
 }
 
+/* An unfinished job has not written its out_dir yet, so the emptiness check
+   cannot see it: a second job with the same folder would export over it. */
+static int check_out_dir_unclaimed(pruner *p, ap_rpc_call *call, const char *out) {
+  Agentprune__V1__Job **jobs = NULL;
+  size_t n = 0;
+  int rc = ap_js_job_list(p->store, 0, 1, &jobs, &n);
+  if (rc) return ap_rpc_error(call, AP_INTERNAL, "job store: %s", ap_js_strerror(rc));
+  rc = AP_OK;
+  for (size_t i = 0; i < n && rc == AP_OK; i++)
+    if (jobs[i]->out_dir && !strcmp(jobs[i]->out_dir, out))
+      rc = ap_rpc_error(call, AP_INVALID_ARGUMENT, "out_dir %s is the output folder of job %s, which has not finished",
+                        out, jobs[i]->id);
+  ap_js_jobs_free(jobs, n);
+  return rc;
+}
+
 static int finite_in(double v, double lo, double hi) { return isfinite(v) && v >= lo && v <= hi; }
 
 /* The job an earlier SubmitJob with this client_request_id created, or NULL.
@@ -240,6 +256,7 @@ static int handle_submit(ap_rpc_call *call, const ProtobufCMessage *request, voi
     return rc;
   if (!dir_is_empty_or_missing(out))
     return ap_rpc_error(call, AP_INVALID_ARGUMENT, "out_dir %s exists and is not empty", out);
+  if ((rc = check_out_dir_unclaimed(p, call, out))) return rc;
   if (!finite_in(in->target_sparsity, 0, 1) || in->target_sparsity <= 0 || in->target_sparsity >= 1)
     return ap_rpc_error(call, AP_INVALID_ARGUMENT, "target_sparsity must be strictly between 0 and 1");
   const char *policy = in->policy && *in->policy ? in->policy : "rule";
