@@ -216,6 +216,12 @@ int cmd_prune(int argc, char **argv) {
     spec.agent_fallback = (char *)v.value[O_FALLBACK];
   }
   if (v.set[O_DEVICE]) spec.device = (char *)v.value[O_DEVICE];
+  /* Local services stop (and their store is removed) when the CLI exits:
+     a detached job there would never run. */
+  if (v.set[O_DETACH] && !v.set[O_PRUNER]) {
+    cli_fail("--detach needs --pruner ADDR: the local services stop when agentprune exits");
+    return EXIT_USAGE;
+  }
   int agent_policy = !strcmp(policy, "rule") || !strcmp(policy, "llm");
   if (!strcmp(policy, "llm") && !v.set[O_AGENT] && !v.set[O_PRUNER] && !v.set[O_LLMURL] && !getenv("AP_LLM_URL")) {
     cli_fail("--policy llm needs --llm-url URL (or AP_LLM_URL), or an --agent that is configured for it");
