@@ -80,6 +80,8 @@ def run(env, a):
                                    "--structure", "4:2", "--out", env.path("o6")]),
         ("prune --out in a missing folder", ["prune", "--model", s260, "--calib", calib, "--eval", ev,
                                              "--sparsity", "0.5", "--out", env.path("no", "such", "dir")]),
+        ("prune --detach without --pruner", ["prune", "--model", s260, "--calib", calib, "--eval", ev,
+                                             "--sparsity", "0.5", "--out", env.path("o9"), "--detach"]),
         ("profile without --calib", ["profile", "--model", s260]),
         ("jobs without a sub-command", ["jobs"]),
         ("jobs list without --pruner", ["jobs", "list"]),

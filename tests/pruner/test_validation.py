@@ -241,6 +241,15 @@ def run(env):
     if code4 == OK:
         aplib.wait_job(c, j4.id, timeout=120)
 
+    # Two unfinished jobs may not share an out_dir (the first has not written it yet).
+    code5, j5, d5 = c.submit(**dict(good, out_dir=env.path("shared-out")))
+    code6, _, d6 = c.submit(**dict(good, out_dir=env.path("shared-out"), policy="magnitude"))
+    check(code5 == OK and code6 == INVALID and j5.id in d6,
+          "a second job with the out_dir of an unfinished job -> INVALID_ARGUMENT naming it (%s %r)" %
+          (code6.name, d6))
+    if code5 == OK:
+        aplib.wait_job(c, j5.id, timeout=120)
+
     # The agent policy with the agent down but agent_fallback=rule is accepted.
     code, jf, details = c.submit(**dict(good, out_dir=env.path("fallback"), policy="rule",
                                         agent_addr="127.0.0.1:1", agent_fallback="rule"))
