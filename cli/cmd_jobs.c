@@ -73,6 +73,11 @@ int cmd_jobs(int argc, char **argv) {
   } else {
     int final_status = 0;
     code = cli_watch_job(c, v.value[O_JOB], &final_status, &st);
+    /* As for `prune`: 0 only when the job succeeded, so scripts can chain on it. */
+    if (code == 0 && final_status != AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_SUCCEEDED) {
+      cli_fail("job %s ended %s", v.value[O_JOB], cli_job_status_name(final_status));
+      rc = EXIT_OTHER;
+    }
   }
   if (code != 0) {
     cli_fail("jobs %s failed: %s", sub, st.message);
