@@ -232,6 +232,10 @@ def run(env, a):
     fin2 = aplib.wait_job(c, jid2, timeout=60)
     check(rc == 0 and jid2 in out and fin2.status == E.JOB_STATUS_CANCELLED,
           "jobs cancel of a running job: 0, and the job ends CANCELLED (%d %s)" % (rc, E.JobStatus.Name(fin2.status)))
+    rc, out, err = cli("jobs", "watch", "--pruner", P, "--job", jid2)
+    check(rc == 1 and err.strip().splitlines()[-1].startswith("agentprune: ") and "cancelled" in
+          err.strip().splitlines()[-1], "jobs watch of a cancelled job replays it and exits 1 (%d %r)" %
+          (rc, err.strip().splitlines()[-1][:120] if err.strip() else ""))
     c.close()
     pruner.stop()
     agent.stop()
