@@ -329,12 +329,32 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
     k = e;
   }
 
-  /* 2-3. final allocation by water-filling. */
+  /* 2. block prior: OWL's outlier share pooled per block when the pruner
+     measured it (more outliers -> less sparsity, scaled to [-1, 1] as OWL's
+     min-max mapping does), else block depth. */
+  double *bo = calloc((size_t)max_block + 1, 2 * sizeof(double));
+  if (!bo) goto oom;
+  for (size_t i = 0; i < n; i++) {
+    bo[2 * w[i].block] += w[i].p * t->layers[i]->outlier;
+    bo[2 * w[i].block + 1] += w[i].p;
+  }
+  double omin = INFINITY, omax = -INFINITY;
+  for (uint32_t b = 0; b <= max_block; b++) {
+    if (bo[2 * b + 1] <= 0) continue;
+    bo[2 * b] /= bo[2 * b + 1];
+    omin = fmin(omin, bo[2 * b]);
+    omax = fmax(omax, bo[2 * b]);
+  }
+  int use_outliers = isfinite(omin) && omax - omin > 1e-9;
+
+  /* 3. final allocation by water-filling. */
   double lambda = prm->spread * clampd(T / 0.7, 0.25, 1.25);
   for (size_t i = 0; i < n; i++) {
-    double dep = max_block > 0 ? 2.0 * w[i].block / (double)max_block - 1.0 : 0.0;
+    double dep = use_outliers ? 1.0 - 2.0 * (bo[2 * w[i].block] - omin) / (omax - omin)
+                              : max_block > 0 ? 2.0 * w[i].block / (double)max_block - 1.0 : 0.0;
     base[i] = T + lambda * (prm->w_sensitivity * w[i].ins + prm->w_depth * dep);
   }
+  free(bo);
   double lo = -2, hi = 2;
   for (int it = 0; it < 100; it++) {
     double mid = 0.5 * (lo + hi);

@@ -972,6 +972,8 @@ static int finish(job *j, char *err, size_t errlen) {
 
 /* ---- the job ------------------------------------------------------------------- */
 
+static int agent_policy_name(const char *p) { return !strcmp(p, "rule") || !strcmp(p, "llm"); }
+
 static void set_params(job *j) {
   const Agentprune__V1__JobSpec *s = j->spec;
   j->policy = s->policy && *s->policy ? s->policy : "rule";
@@ -1007,6 +1009,13 @@ static int prepare(job *j, char *err, size_t errlen) {
   j->has_test = s->test_path && *s->test_path;
   if (j->has_test && (rc = wl_windows_from_file(&j->w, s->test_path, j->L, 0, 0, 0, &j->test_all, err, errlen)))
     return rc;
+  /* OWL's outlier shares of the dense model, the allocation prior of the
+     agent policies: measured before any checkpoint's masks are applied, so a
+     resumed job sends the same profile values. */
+  if (agent_policy_name(j->policy)) {
+    engine_stop stop = {should_stop, j};
+    if ((rc = wl_measure_dense_outliers(&j->w, &j->calib, &stop, err, errlen))) return rc;
+  }
   j->accepted = calloc((size_t)j->w.n_layers, sizeof *j->accepted);
   if (!j->accepted) return AP_RESOURCE_EXHAUSTED;
   for (int i = 0; i < j->w.n_layers; i++)

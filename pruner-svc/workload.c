@@ -135,6 +135,8 @@ static int load_on_device(workload *w, const char *dir, const char *device, char
   return rc == AP_MODEL_OK ? AP_OK : model_status(rc);
 }
 
+static int adopt_zeros(workload *w, char *err, size_t errlen);
+
 int wl_open(workload *w, const char *dir, const char *device, int threads, const char *include,
             const char *exclude, char *err, size_t errlen) {
   memset(w, 0, sizeof *w);
@@ -176,6 +178,10 @@ int wl_open(workload *w, const char *dir, const char *device, int threads, const
     wl_close(w);
     return AP_INVALID_ARGUMENT;
   }
+  if ((rc = adopt_zeros(w, err, errlen)) != AP_OK) {
+    wl_close(w);
+    return rc;
+  }
   return AP_OK;
 nomem:
   snprintf(err, errlen, "out of memory");
@@ -191,6 +197,7 @@ bad:
 }
 
 void wl_close(workload *w) {
+  free(w->dense_outlier);
   if (w->masks)
     for (int i = 0; i < w->n_layers; i++) free(w->masks[i]);
   free(w->masks);
@@ -400,6 +407,31 @@ static const float *host_weights(workload *w, int i, float **owned, char *err, s
   return buf;
 }
 
+/* A folder that is already sparse (an earlier export, another tool's) has
+   exact zeros: they are pruned weights, so they start in the masks. The
+   profile then sees the layer's real sparsity (rho) and takes s over the
+   surviving non-zero weights (DESIGN.md section 1 step 3), and the loop
+   starts from the model's actual global sparsity. Dense models have none. */
+static int adopt_zeros(workload *w, char *err, size_t errlen) {
+  for (int i = 0; i < w->n_layers; i++) {
+    float *owned;
+    const float *wt = host_weights(w, i, &owned, err, errlen);
+    if (!wt) return AP_RESOURCE_EXHAUSTED;
+    uint64_t n = wl_layer_params(w, i), zeros = 0;
+    for (uint64_t k = 0; k < n; k++)
+      if (wt[k] == 0.0f) {
+        w->masks[i][k >> 6] |= UINT64_C(1) << (k & 63);
+        zeros++;
+      }
+    free(owned);
+    if (zeros) {
+      int rc = wl_apply(w, i, err, errlen);
+      if (rc != AP_OK) return rc;
+    }
+  }
+  return AP_OK;
+}
+
 static int prune_status(int rc, const char *name, char *err, size_t errlen) {
   snprintf(err, errlen, "masking %s: %s", name, ap_prune_strerror(rc));
   return rc == AP_PRUNE_ENOMEM ? AP_RESOURCE_EXHAUSTED : AP_INTERNAL;
@@ -517,6 +549,29 @@ static Agentprune__V1__LayerKind proto_kind(ap_linear_kind k) {
   return (Agentprune__V1__LayerKind)(k + 1); /* q=1 ... down=7 in common.proto */
 }
 
+int wl_measure_dense_outliers(workload *w, const wl_windows *calib, const engine_stop *stop, char *err,
+                              size_t errlen) {
+  int status = wl_collect_activations(w, calib, stop, err, errlen);
+  if (status != AP_OK) return status;
+  free(w->dense_outlier);
+  w->dense_outlier = calloc((size_t)w->n_layers, sizeof(double));
+  if (!w->dense_outlier) {
+    snprintf(err, errlen, "out of memory");
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  for (int i = 0; i < w->n_layers && status == AP_OK; i++) {
+    const ap_linear *l = lin(w, i);
+    float *owned;
+    const float *wt = host_weights(w, i, &owned, err, errlen);
+    if (!wt) return AP_RESOURCE_EXHAUSTED;
+    ap_layer_ref ref = {wt, (const double *)l->act_sumsq.data, w->masks[i], (size_t)l->rows, (size_t)l->cols};
+    int rc = ap_stats_outlier_fraction(&ref, 1, 5.0, &w->dense_outlier[i]);
+    free(owned);
+    if (rc != AP_PRUNE_OK) status = prune_status(rc, l->name, err, errlen);
+  }
+  return status;
+}
+
 int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const engine_stop *stop,
                Agentprune__V1__ProfileTable *table, char *err, size_t errlen) {
   int n = w->n_layers;
@@ -592,6 +647,7 @@ int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const eng
     r->z_s = zs[i];
     r->z_g = zg[i];
     r->rho = wl_layer_sparsity(w, i);
+    r->outlier = w->dense_outlier ? w->dense_outlier[i] : 0;
     rows[i] = r;
   }
   free(s);

@@ -34,6 +34,7 @@ typedef struct {
   uint64_t **masks;            /* per eligible layer, ap_bitmap_words(rows*cols) words */
   int threads;
   const char *device;          /* the device actually used ("cpu", "cuda") */
+  double *dense_outlier;       /* per eligible layer, OWL's outlier share in the dense model; NULL = not measured */
 } workload;
 
 /* Loads model and tokenizer of `dir`, selects the eligible layers by the
@@ -91,6 +92,13 @@ int wl_prune_layer(workload *w, int i, double target, unsigned nm_n, unsigned nm
 
 /* OWL per-block outlier fractions over the last collected activations. */
 int wl_owl_outliers(workload *w, double m, double *frac /* [num_hidden_layers] */, char *err, size_t errlen);
+
+/* Measures every layer's OWL outlier share (M = 5) on the model as it is now
+ * (call it before any mask is applied: the dense model, as OWL does) into
+ * w->dense_outlier; wl_profile then reports these values in its `outlier`
+ * column, so the allocation prior stays fixed over a job and across resumes. */
+int wl_measure_dense_outliers(workload *w, const wl_windows *calib, const engine_stop *stop, char *err,
+                              size_t errlen);
 
 /* The profile table over the eligible layers with the current masks: one
  * forward over `calib` for activations, `grad_windows` backward passes for
