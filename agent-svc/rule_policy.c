@@ -13,9 +13,11 @@
  *    rank) and the rank is mapped to ins_i in [-1, 1], +1 = least
  *    sensitive. Ranks rather than raw z-scores keep one extreme layer from
  *    dominating.
- * 2. Depth prior. dep_i = 2 block_i / (B - 1) - 1 in [-1, 1] (B = number of
- *    blocks in the table): later blocks tolerate more sparsity, the effect
- *    OWL's outlier ratios capture.
+ * 2. Block prior. With the profile's `outlier` column (OWL's outlier share of
+ *    the dense model, per layer), the shares pooled per block are min-max
+ *    mapped to dep_i = 1 - 2 (o_b - min) / (max - min): blocks with more
+ *    outliers keep more weights, as in OWL. Without it (all zero), depth:
+ *    dep_i = 2 block_i / (B - 1) - 1 in [-1, 1] (B = number of blocks).
  * 3. Final allocation. a_i = w_sens ins_i + w_depth dep_i, and
  *    t_i = clamp(T + lambda a_i + mu, rho_i, ceiling) with
  *    lambda = spread * clamp(T / 0.7, 0.25, 1.25) (OWL's +-0.08 at 70 %) and
