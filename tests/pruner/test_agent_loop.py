@@ -10,6 +10,7 @@ the final event.
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -86,7 +87,13 @@ def run(env, a):
     check(not bad, "the export's exact zeros give each layer's sparsity, the rest are original weights (%s)" % bad)
 
     # The agent's history of the session.
-    code, hist, details = ca.history(fin.agent_session_id)
+    # The pruner closes the session right after it records FINISHED.
+    deadline = time.time() + 10
+    while True:
+        code, hist, details = ca.history(fin.agent_session_id)
+        if code.name != "OK" or hist.session.closed or time.time() > deadline:
+            break
+        time.sleep(0.05)
     check(code.name == "OK", "GetHistory of the job's session (%s %s)" % (code.name, details))
     if code.name == "OK":
         traj = doc["trajectory"]

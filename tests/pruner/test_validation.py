@@ -221,6 +221,43 @@ def run(env):
     code, _, details = c.profile(model_dir=env.s260, calib_path=calib, ctx=64, include_pattern="^nothing$")
     check(code == INVALID, "Profile with a pattern that matches no layer -> INVALID_ARGUMENT (%r)" % details)
 
+    # An already sparse folder (half of every layer's weights zeroed here):
+    # its zeros are pruned weights, so rho is their share and s is taken over
+    # the surviving non-zero weights; a job on it starts from that sparsity.
+    import numpy as np
+    sparse = env.path("sparse-input")
+    os.makedirs(sparse)
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(env.s260, f), sparse)
+    raw = open(os.path.join(env.s260, "model.safetensors"), "rb").read()
+    hdr, base = aplib.read_st_header(os.path.join(env.s260, "model.safetensors"))
+    buf = bytearray(raw)
+    zero_share = {}
+    for name, t in hdr.items():
+        if name == "__metadata__" or not name.endswith("_proj.weight"):
+            continue
+        b, e = t["data_offsets"]
+        wv = np.frombuffer(raw, dtype=np.float32, count=(e - b) // 4, offset=base + b).copy()
+        rows, cols = t["shape"]
+        wv = wv.reshape(rows, cols)
+        wv[:, ::2] = 0  # every other input: exactly half of each row
+        buf[base + b:base + e] = wv.tobytes()
+        zero_share[name[:-len(".weight")]] = 0.5
+    open(os.path.join(sparse, "model.safetensors"), "wb").write(bytes(buf))
+    code, prof, details = c.profile(model_dir=sparse, calib_path=calib, calib_windows=4, grad_windows=2, ctx=64)
+    check(code == OK and all(r.rho == zero_share[r.name] and r.s > 0 for r in prof.table.layers),
+          "Profile of a 50%%-zero folder: rho 0.5 and s > 0 (over the non-zero weights) on every layer (%s)" %
+          ([(r.name, r.rho, r.s) for r in prof.table.layers[:2]] if prof else details))
+    code, js, details = c.submit(**dict(good, model_dir=sparse, out_dir=env.path("sparse-out"), policy="magnitude",
+                                        target_sparsity=0.6))
+    fs = aplib.wait_job(c, js.id, timeout=120) if js else None
+    bl = [e for e in aplib.collect_events(c, js.id, timeout=30) if e.type == env.pb.pruner.JOB_EVENT_BASELINE] \
+        if js else []
+    check(fs is not None and fs.status == env.pb.pruner.JOB_STATUS_SUCCEEDED and bl and
+          abs(bl[0].global_sparsity - 0.5) < 1e-12 and abs(fs.state.global_sparsity - 0.6) < 1e-3,
+          "a job on that folder starts at sparsity %s and ends at %s" %
+          (bl[0].global_sparsity if bl else None, fs.state.global_sparsity if fs else None))
+
     # Idempotent submit: a retry with the same client_request_id, even after
     # the job has finished and written its folder, returns the same job.
     spec = dict(good, out_dir=env.path("idem"), client_request_id="req-e2e-1")
@@ -234,7 +271,8 @@ def run(env):
     check(code3 == OK and j3.id == j1.id and j3.status == env.pb.pruner.JOB_STATUS_SUCCEEDED,
           "a retry after the job finished returns the same, finished job (%s %r)" % (code3.name, d3))
     code, lst, _ = c.list_jobs()
-    check(code == OK and len(lst.jobs) == 1, "exactly one job stored (%d)" % len(lst.jobs))
+    check(code == OK and len(lst.jobs) == 2, "exactly one job stored for the request (%d with the sparse one)" %
+          len(lst.jobs))
     spec4 = dict(good, out_dir=env.path("idem2"), client_request_id="req-e2e-2")
     code4, j4, _ = c.submit(**spec4)
     check(code4 == OK and j4.id != j1.id, "another client_request_id makes another job")
