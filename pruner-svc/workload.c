@@ -197,6 +197,7 @@ bad:
 }
 
 void wl_close(workload *w) {
+  free(w->dense_outlier);
   if (w->masks)
     for (int i = 0; i < w->n_layers; i++) free(w->masks[i]);
   free(w->masks);
@@ -548,6 +549,29 @@ static Agentprune__V1__LayerKind proto_kind(ap_linear_kind k) {
   return (Agentprune__V1__LayerKind)(k + 1); /* q=1 ... down=7 in common.proto */
 }
 
+int wl_measure_dense_outliers(workload *w, const wl_windows *calib, const engine_stop *stop, char *err,
+                              size_t errlen) {
+  int status = wl_collect_activations(w, calib, stop, err, errlen);
+  if (status != AP_OK) return status;
+  free(w->dense_outlier);
+  w->dense_outlier = calloc((size_t)w->n_layers, sizeof(double));
+  if (!w->dense_outlier) {
+    snprintf(err, errlen, "out of memory");
+    return AP_RESOURCE_EXHAUSTED;
+  }
+  for (int i = 0; i < w->n_layers && status == AP_OK; i++) {
+    const ap_linear *l = lin(w, i);
+    float *owned;
+    const float *wt = host_weights(w, i, &owned, err, errlen);
+    if (!wt) return AP_RESOURCE_EXHAUSTED;
+    ap_layer_ref ref = {wt, (const double *)l->act_sumsq.data, w->masks[i], (size_t)l->rows, (size_t)l->cols};
+    int rc = ap_stats_outlier_fraction(&ref, 1, 5.0, &w->dense_outlier[i]);
+    free(owned);
+    if (rc != AP_PRUNE_OK) status = prune_status(rc, l->name, err, errlen);
+  }
+  return status;
+}
+
 int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const engine_stop *stop,
                Agentprune__V1__ProfileTable *table, char *err, size_t errlen) {
   int n = w->n_layers;
@@ -623,6 +647,7 @@ int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const eng
     r->z_s = zs[i];
     r->z_g = zg[i];
     r->rho = wl_layer_sparsity(w, i);
+    r->outlier = w->dense_outlier ? w->dense_outlier[i] : 0;
     rows[i] = r;
   }
   free(s);
