@@ -2,7 +2,7 @@
 """One-shot baselines end to end (pruner-svc over gRPC, then the exported
 folders checked independently):
 
-  * wanda and magnitude at 50%, wanda 2:4, on one model;
+  * wanda, magnitude and owl at 50%, wanda 2:4, on one model;
   * the export loads in the PyTorch reference (tests/golden/torch_ref.py);
   * per-layer sparsity of the export (its exact zeros) equals agentprune.json's,
     and is 0.5 per layer to one weight per row; 2:4 has 2 pruned in each group of 4;
@@ -80,7 +80,7 @@ def run(env, a):
     common = dict(model_dir=model, calib_path=calib, eval_path=ev, ctx=L, calib_windows=cw, eval_windows=8, grad_windows=2,
                   target_sparsity=0.5)
     runs = {"wanda": dict(policy="wanda"), "magnitude": dict(policy="magnitude"),
-            "wanda-2:4": dict(policy="wanda", structure="2:4")}
+            "wanda-2:4": dict(policy="wanda", structure="2:4"), "owl": dict(policy="owl")}
     jobs = {}
     for name, over in runs.items():
         code, job, details = c.submit(**dict(common, out_dir=env.path("out-" + name.replace(":", "-")), **over))
@@ -153,7 +153,7 @@ def run(env, a):
             sp = pruned.sum() / (rows * cols)
             if abs(sp - json_layers[lname]["sparsity"]) > oz.sum() / (rows * cols) + 1e-12:
                 bad_json.append((lname, sp, json_layers[lname]["sparsity"]))
-            if abs(json_layers[lname]["sparsity"] - 0.5) > rows / (rows * cols) + 1e-12:
+            if name != "owl" and abs(json_layers[lname]["sparsity"] - 0.5) > rows / (rows * cols) + 1e-12:
                 bad_sparsity.append((lname, json_layers[lname]["sparsity"]))
             if name.startswith("wanda"):
                 per_row = pruned.sum(1)
@@ -169,7 +169,22 @@ def run(env, a):
         check(not bad_other, "%s: non-eligible tensors are byte-identical (%s)" % (name, bad_other))
         check(not bad_values, "%s: eligible weights are the originals or exact zeros (%s)" % (name, bad_values))
         check(not bad_json, "%s: per-layer sparsity of the export equals agentprune.json (%s)" % (name, bad_json[:3]))
-        check(not bad_sparsity, "%s: every layer is at 0.5 to one weight per row (%s)" % (name, bad_sparsity[:3]))
+        if name != "owl":
+            check(not bad_sparsity, "%s: every layer is at 0.5 to one weight per row (%s)" % (name, bad_sparsity[:3]))
+        else:
+            # OWL (luuyin/OWL, lambda 0.08): one ratio per block, min-max
+            # scaled to a spread of 2*lambda and re-centred on the target;
+            # per-row rounding moves each layer by up to half a weight per row.
+            blocks = {}
+            for lname, l in json_layers.items():
+                blocks.setdefault(l["block"], []).append(l["sparsity"])
+            tol = 0.5 / 64 + 1e-9
+            ratios = {b: sum(v) / len(v) for b, v in blocks.items()}
+            spread = max(ratios.values()) - min(ratios.values())
+            check(all(max(v) - min(v) <= 2 * tol for v in blocks.values()) and
+                  abs(spread - 0.16) <= 2 * tol and abs(sum(ratios.values()) / len(ratios) - 0.5) <= tol,
+                  "owl: one sparsity per block, spread %.4f = 2*lambda, mean 0.5 (%s)" %
+                  (spread, {b: round(r, 4) for b, r in sorted(ratios.items())}))
         if name.startswith("wanda"):
             check(not bad_rows, "%s: every row is pruned to half its width (%s)" % (name, bad_rows[:3]))
         if name == "wanda-2:4":
