@@ -234,7 +234,10 @@ static APK_AVX2 void weighted_values_avx2(float *o, int64_t ldo, const float *P,
       __m256 x = _mm256_loadu_ps(vj);
       for (int i = 0; i < QR; i++) acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(P + i * lds + j), x, acc[i]);
     }
-    for (int i = 0; i < rows; i++) _mm256_storeu_ps(o + i * ldo + c, _mm256_mul_ps(acc[i], _mm256_set1_ps(row_scale[i])));
+    /* constant trip count with a test inside: acc then stays in registers
+     * (a variable bound makes GCC keep the array in memory) */
+    for (int i = 0; i < QR; i++)
+      if (i < rows) _mm256_storeu_ps(o + i * ldo + c, _mm256_mul_ps(acc[i], _mm256_set1_ps(row_scale[i])));
   }
 }
 
@@ -322,10 +325,11 @@ static APK_AVX2 void backward_updates_avx2(float *dq, int64_t lddq, float *dk, f
       _mm256_storeu_ps(dvj, a);
       _mm256_storeu_ps(dkj, e);
     }
-    for (int i = 0; i < rows; i++) {
-      float *d = dq + i * lddq + c;
-      _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[i]));
-    }
+    for (int i = 0; i < QR; i++) /* constant trip count: see weighted_values_avx2 */
+      if (i < rows) {
+        float *d = dq + i * lddq + c;
+        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[i]));
+      }
   }
 }
 
