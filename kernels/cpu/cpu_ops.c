@@ -437,10 +437,58 @@ static int cpu_linear_backward(void *state, float *dinp, float *dweight, float *
   return APK_OK;
 }
 
+#if APK_CPU_HAVE_AVX2
+/* Rows [n0, n1) of cpu_rope. Multiplies and subtractions without FMA, in the
+ * order of apk_rope_rotate: the same bits as the scalar loop. */
+static APK_AVX2 void rope_rows_avx2(float *out, const float *inp, const float *cos_t, const float *sin_t, int64_t n0,
+                                    int64_t n1, int64_t H, int64_t D, int64_t T, int sign) {
+  int64_t half = D / 2;
+  const __m256 flip8 = _mm256_set1_ps(sign > 0 ? 0.0f : -0.0f);
+  const __m128 flip4 = _mm_set1_ps(sign > 0 ? 0.0f : -0.0f);
+  for (int64_t n = n0; n < n1; n++) {
+    const float *c = cos_t + (n % T) * half, *s = sin_t + (n % T) * half;
+    for (int64_t h = 0; h < H; h++) {
+      const float *x = inp + (n * H + h) * D;
+      float *y = out + (n * H + h) * D;
+      int64_t i = 0;
+      for (; i + 8 <= half; i += 8) {
+        __m256 vc = _mm256_loadu_ps(c + i), vs = _mm256_xor_ps(_mm256_loadu_ps(s + i), flip8);
+        __m256 x1 = _mm256_loadu_ps(x + i), x2 = _mm256_loadu_ps(x + i + half);
+        _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_mul_ps(x1, vc), _mm256_mul_ps(x2, vs)));
+        _mm256_storeu_ps(y + i + half, _mm256_add_ps(_mm256_mul_ps(x2, vc), _mm256_mul_ps(x1, vs)));
+      }
+      for (; i + 4 <= half; i += 4) {
+        __m128 vc = _mm_loadu_ps(c + i), vs = _mm_xor_ps(_mm_loadu_ps(s + i), flip4);
+        __m128 x1 = _mm_loadu_ps(x + i), x2 = _mm_loadu_ps(x + i + half);
+        _mm_storeu_ps(y + i, _mm_sub_ps(_mm_mul_ps(x1, vc), _mm_mul_ps(x2, vs)));
+        _mm_storeu_ps(y + i + half, _mm_add_ps(_mm_mul_ps(x2, vc), _mm_mul_ps(x1, vs)));
+      }
+      for (; i < half; i++) {
+        float o1, o2;
+        apk_rope_rotate(x[i], x[i + half], c[i], sign > 0 ? s[i] : -s[i], &o1, &o2);
+        y[i] = o1;
+        y[i + half] = o2;
+      }
+    }
+  }
+}
+#endif
+
 static int cpu_rope(void *state, float *out, const float *inp, const float *cos_t, const float *sin_t, int64_t N,
                     int64_t H, int64_t D, int64_t T, int sign) {
+#if APK_CPU_HAVE_AVX2
+  if (apk_cpu_simd(state)) {
+#pragma omp parallel if (N * H * D > PAR_MIN_CHEAP)
+    {
+      int64_t n0, n1;
+      part_range(N, 1, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+      rope_rows_avx2(out, inp, cos_t, sin_t, n0, n1, H, D, T, sign);
+    }
+    return APK_OK;
+  }
+#endif
   int64_t half = D / 2;
-#pragma omp parallel for schedule(static) if (N * H * D > PAR_MIN)
+#pragma omp parallel for schedule(static) if (N * H * D > PAR_MIN_CHEAP)
   for (int64_t n = 0; n < N; n++) {
     const float *c = cos_t + (n % T) * half, *s = sin_t + (n % T) * half;
     for (int64_t h = 0; h < H; h++) {

@@ -344,6 +344,51 @@ static void test_rmsnorm(void) {
   test_rmsnorm_shape(5, 5);
 }
 
+/* ---- rope ------------------------------------------------------------------------ */
+
+/* Both paths use apk_rope_rotate's operations in its order: the same bits;
+ * and against the rotation in double. */
+static void test_rope_shape(int64_t N, int64_t H, int64_t D, int64_t T) {
+  int64_t half = D / 2, n = N * H * D;
+  float *x = frand_array(n, 2.0), *cs = malloc((size_t)(T * half) * 4), *sn = malloc((size_t)(T * half) * 4);
+  apk_rope_tables(cs, sn, (int)T, (int)D, 10000.0, NULL);
+  float *y[2][2];
+  apk_ctx *ctxs[2] = {ctx_simd, ctx_scalar};
+  apk_tensor tc = view(cs, APK_F32, 2, T, half, 0, 0), ts = view(sn, APK_F32, 2, T, half, 0, 0),
+             tx = view(x, APK_F32, 3, N, H, D, 0);
+  for (int c = 0; c < 2; c++) {
+    y[c][0] = malloc((size_t)n * 4), y[c][1] = copy_array(x, n);
+    apk_tensor ty = view(y[c][0], APK_F32, 3, N, H, D, 0), tin = view(y[c][1], APK_F32, 3, N, H, D, 0);
+    CHECK_EQ_INT(apk_rope_forward(ctxs[c], &ty, &tx, &tc, &ts), APK_OK);
+    CHECK_EQ_INT(apk_rope_forward(ctxs[c], &tin, &tin, &tc, &ts), APK_OK); /* in place */
+    CHECK_EQ_INT(apk_rope_backward(ctxs[c], &tin, &tin, &tc, &ts), APK_OK); /* and back */
+  }
+  CHECKF(same_bits(y[0][0], y[1][0], n) && same_bits(y[0][1], y[1][1], n), "rope N%lld H%lld D%lld: paths differ",
+         (long long)N, (long long)H, (long long)D);
+  double err = 0, back = 0;
+  for (int64_t r = 0; r < N; r++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < half; i++) {
+        int64_t o = (r * H + h) * D;
+        double c = cs[(r % T) * half + i], s = sn[(r % T) * half + i], x1 = x[o + i], x2 = x[o + i + half];
+        err = fmax(err, fabs(y[0][0][o + i] - (x1 * c - x2 * s)));
+        err = fmax(err, fabs(y[0][0][o + i + half] - (x2 * c + x1 * s)));
+        back = fmax(back, fmax(fabs(y[0][1][o + i] - x1), fabs(y[0][1][o + i + half] - x2)));
+      }
+  CHECKF(err < 1e-6 && back < 2e-6, "rope N%lld H%lld D%lld: forward err %.3g, forward+backward err %.3g",
+         (long long)N, (long long)H, (long long)D, err, back);
+  for (int c = 0; c < 2; c++) free(y[c][0]), free(y[c][1]);
+  free(x), free(cs), free(sn);
+}
+
+static void test_rope(void) {
+  test_rope_shape(1024, 8, 8, 512);  /* stories260K q: half 4, parallel */
+  test_rope_shape(256, 2, 32, 256);  /* tinyqwen3-a k */
+  test_rope_shape(40, 3, 64, 20);
+  test_rope_shape(32, 2, 12, 16);    /* half 6: 4 + a scalar tail */
+  test_rope_shape(8, 1, 2, 4);
+}
+
 int main(void) {
 #if APK_CPU_HAVE_AVX2
   have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -361,6 +406,7 @@ int main(void) {
   test_crossentropy();
   test_swiglu();
   test_rmsnorm();
+  test_rope();
   apk_ctx_destroy(ctx_simd);
   apk_ctx_destroy(ctx_scalar);
   TEST_DONE();
