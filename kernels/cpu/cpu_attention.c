@@ -172,9 +172,16 @@ static void pack_transposed(float *Kt, int64_t ldk, const float *x, int64_t stri
 }
 
 /* S[i * lds + j] = sum_d a[i * D + d] * Kt[d * ldk + j] for the QR rows of a
- * and the keys j < len (len a multiple of KC; Kt and S 32-byte aligned). */
+ * and the keys j < len (len a multiple of KC; Kt and S 32-byte aligned).
+ * With valid0 > 0 the causal mask is applied on the way: row i keeps keys
+ * j < valid0 + i and gets -inf beyond (exp then gives 0), and rowmax[i]
+ * receives the row's maximum. */
 static APK_AVX2 void scores_avx2(float *S, int64_t lds, const float *a, const float *Kt, int64_t ldk, int64_t D,
-                                 int64_t len) {
+                                 int64_t len, int64_t valid0, float *rowmax) {
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 mx[QR];
+  for (int i = 0; i < QR; i++) mx[i] = ninf;
   for (int64_t j = 0; j < len; j += KC) {
     __m256 acc[QR][2];
     for (int i = 0; i < QR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -187,27 +194,28 @@ static APK_AVX2 void scores_avx2(float *S, int64_t lds, const float *a, const fl
         acc[i][1] = _mm256_fmadd_ps(x, k1, acc[i][1]);
       }
     }
+    if (valid0 > 0 && j + KC > valid0) { /* the chunk that holds the diagonal */
+      __m256i idx0 = _mm256_add_epi32(_mm256_set1_epi32((int)j), lane);
+      __m256i idx1 = _mm256_add_epi32(idx0, _mm256_set1_epi32(8));
+      for (int i = 0; i < QR; i++) {
+        __m256i lim = _mm256_set1_epi32((int)(valid0 + i));
+        acc[i][0] = _mm256_blendv_ps(ninf, acc[i][0], _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, idx0)));
+        acc[i][1] = _mm256_blendv_ps(ninf, acc[i][1], _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, idx1)));
+      }
+    }
     for (int i = 0; i < QR; i++) {
       _mm256_store_ps(S + i * lds + j, acc[i][0]);
       _mm256_store_ps(S + i * lds + j + 8, acc[i][1]);
+      mx[i] = _mm256_max_ps(mx[i], _mm256_max_ps(acc[i][0], acc[i][1]));
     }
   }
+  if (rowmax)
+    for (int i = 0; i < QR; i++) rowmax[i] = apk_hmax8(mx[i]);
 }
 
-/* Keys j >= valid of one score row (up to len) get -inf: exp gives 0 there. */
-static void mask_tail(float *s, int64_t valid, int64_t len) {
-  for (int64_t j = valid; j < len; j++) s[j] = -INFINITY;
-}
-
-/* Row softmax numerator in place, s[j] = exp(s[j] - m) with m the row max;
- * returns the sum of the exponentials and sets *mx = m. */
-static APK_AVX2 float softmax_row_avx2(float *s, int64_t len, float *mx) {
-  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
-  for (int64_t j = 0; j < len; j += KC) {
-    m0 = _mm256_max_ps(m0, _mm256_load_ps(s + j));
-    m1 = _mm256_max_ps(m1, _mm256_load_ps(s + j + 8));
-  }
-  float m = apk_hmax8(_mm256_max_ps(m0, m1));
+/* Row softmax numerator in place, s[j] = exp(s[j] - m) for the row max m;
+ * returns the sum of the exponentials. */
+static APK_AVX2 float softmax_row_avx2(float *s, int64_t len, float m) {
   __m256 vm = _mm256_set1_ps(m);
   __m256 s0 = _mm256_setzero_ps(), s1 = s0;
   for (int64_t j = 0; j < len; j += KC) {
@@ -218,7 +226,6 @@ static APK_AVX2 float softmax_row_avx2(float *s, int64_t len, float *mx) {
     s0 = _mm256_add_ps(s0, p0);
     s1 = _mm256_add_ps(s1, p1);
   }
-  *mx = m;
   return apk_hsum8(_mm256_add_ps(s0, s1));
 }
 
@@ -230,6 +237,7 @@ static APK_AVX2 void weighted_values_avx2(float *o, int64_t ldo, const float *P,
     __m256 acc[QR];
     for (int i = 0; i < QR; i++) acc[i] = _mm256_setzero_ps();
     const float *vj = v + c;
+#pragma GCC unroll 2
     for (int64_t j = 0; j < nkeys; j++, vj += ldv) {
       __m256 x = _mm256_loadu_ps(vj);
       for (int i = 0; i < QR; i++) acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(P + i * lds + j), x, acc[i]);
@@ -274,8 +282,8 @@ static APK_AVX2 int avx2_forward(float *out, float *lse, const float *q, const f
         int64_t len = round_up(t0 + rows, KC);
         for (int i = 0; i < QR; i++)
           for (int64_t d = 0; d < D; d++) qs[i * D + d] = i < rows ? q[((b * T + t0 + i) * H + h) * D + d] * scale : 0.0f;
-        scores_avx2(S, ldk, qs, kt, ldk, D, len);
-        float inv[QR];
+        float inv[QR], mx[QR];
+        scores_avx2(S, ldk, qs, kt, ldk, D, len, t0 + 1, mx);
         for (int i = 0; i < QR; i++) {
           float *s = S + i * ldk;
           if (i >= rows) { /* no query: zero weights, no output */
@@ -283,10 +291,9 @@ static APK_AVX2 int avx2_forward(float *out, float *lse, const float *q, const f
             inv[i] = 0.0f;
             continue;
           }
-          mask_tail(s, t0 + i + 1, len);
-          float mx, sum = softmax_row_avx2(s, len, &mx);
+          float sum = softmax_row_avx2(s, len, mx[i]);
           inv[i] = 1.0f / sum;
-          if (lse) lse[(b * H + h) * T + t0 + i] = mx + logf(sum);
+          if (lse) lse[(b * H + h) * T + t0 + i] = mx[i] + logf(sum);
         }
         weighted_values_avx2(out + ((b * T + t0) * H + h) * D, ldq, S, ldk, vb, ldkv, t0 + rows, D, inv, rows);
       }
@@ -372,8 +379,8 @@ static APK_AVX2 int avx2_backward(float *dq, float *dk, float *dv, const float *
             l[i] = i < rows ? lse[(b * H + h) * T + t0 + i] : 0.0f;
             delta[i] = i < rows ? dotf(dout + off, out + off, D) : 0.0f;
           }
-          scores_avx2(P, ldk, qs, Kt, ldk, D, len);
-          scores_avx2(dS, ldk, go, Vt, ldk, D, len);
+          scores_avx2(P, ldk, qs, Kt, ldk, D, len, t0 + 1, NULL);
+          scores_avx2(dS, ldk, go, Vt, ldk, D, len, 0, NULL);
           for (int i = 0; i < QR; i++) {
             float *p = P + i * ldk, *ds = dS + i * ldk;
             if (i >= rows) {
@@ -381,7 +388,6 @@ static APK_AVX2 int avx2_backward(float *dq, float *dk, float *dv, const float *
               memset(ds, 0, (size_t)len * sizeof(float));
               continue;
             }
-            mask_tail(p, t0 + i + 1, len);
             __m256 vl = _mm256_set1_ps(l[i]), vd = _mm256_set1_ps(delta[i]), vs = _mm256_set1_ps(scale);
             for (int64_t j = 0; j < len; j += 8) {
               __m256 pj = apk_exp8(_mm256_sub_ps(_mm256_load_ps(p + j), vl));
