@@ -76,7 +76,7 @@ def main():
                            health.HealthCheckRequest(service="no.such.Service"), health.HealthCheckResponse)
         check(code == grpc.StatusCode.NOT_FOUND, "Health/Check of an unknown service is NOT_FOUND (%s)" % code)
 
-        unknown_id = "interop-" + uuid.uuid4().hex
+        unknown_id = uuid.uuid4().hex  # a well-formed id (32 hex digits) that names nothing
         if args.target == "fixture":
             code, job, _ = unary(ch, "/agentprune.v1.Pruner/GetJob", pruner.GetJobRequest(job_id="py-abc"),
                                  pruner.Job)
