@@ -553,22 +553,20 @@ int wl_measure_dense_outliers(workload *w, const wl_windows *calib, const engine
                               size_t errlen) {
   int status = wl_collect_activations(w, calib, stop, err, errlen);
   if (status != AP_OK) return status;
+  int nblocks = ap_model_config(w->model)->num_hidden_layers;
+  double *frac = calloc((size_t)nblocks, sizeof(double));
   free(w->dense_outlier);
   w->dense_outlier = calloc((size_t)w->n_layers, sizeof(double));
-  if (!w->dense_outlier) {
+  if (!frac || !w->dense_outlier) {
+    free(frac);
     snprintf(err, errlen, "out of memory");
     return AP_RESOURCE_EXHAUSTED;
   }
-  for (int i = 0; i < w->n_layers && status == AP_OK; i++) {
-    const ap_linear *l = lin(w, i);
-    float *owned;
-    const float *wt = host_weights(w, i, &owned, err, errlen);
-    if (!wt) return AP_RESOURCE_EXHAUSTED;
-    ap_layer_ref ref = {wt, (const double *)l->act_sumsq.data, w->masks[i], (size_t)l->rows, (size_t)l->cols};
-    int rc = ap_stats_outlier_fraction(&ref, 1, 5.0, &w->dense_outlier[i]);
-    free(owned);
-    if (rc != AP_PRUNE_OK) status = prune_status(rc, l->name, err, errlen);
-  }
+  /* OWL pools the scores of all of a block's layers (luuyin/OWL
+     check_outlier_mean), so every layer reports its block's share. */
+  status = wl_owl_outliers(w, 5.0, frac, err, errlen);
+  for (int i = 0; i < w->n_layers && status == AP_OK; i++) w->dense_outlier[i] = frac[lin(w, i)->block];
+  free(frac);
   return status;
 }
 
