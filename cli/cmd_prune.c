@@ -124,7 +124,10 @@ static void print_summary(const Agentprune__V1__Job *job, int json) {
   fprintf(stderr, "job %s %s (%s)\n", job->id, cli_job_status_name(job->status), job->stop_reason);
   fprintf(stderr, "  sparsity %.4f after %u iterations, %u rollbacks\n", s ? s->global_sparsity : 0,
           s ? s->iteration : 0, s ? s->rollbacks : 0);
-  fprintf(stderr, "  eval ppl  dense %.4f  pruned %.4f\n", job->dense_ppl, job->ppl);
+  if (job->status == AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_SUCCEEDED)
+    fprintf(stderr, "  eval ppl  dense %.4f  pruned %.4f\n", job->dense_ppl, job->ppl);
+  else /* the final measurement happens only for a finished job */
+    fprintf(stderr, "  eval ppl  dense %.4f  pruned: not measured (the job did not finish)\n", job->dense_ppl);
   if (job->has_test)
     fprintf(stderr, "  test ppl  dense %.4f  pruned %.4f\n", job->dense_test_ppl, job->test_ppl);
   if (job->out_dir && *job->out_dir) fprintf(stderr, "  output    %s\n", job->out_dir);

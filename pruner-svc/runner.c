@@ -85,6 +85,7 @@ typedef struct {
   char session_id[128];
   uint32_t event_iteration;         /* the iteration in progress, which its events carry; 0 between them */
   int local_mode;                   /* the agent is unreachable for good: rule decisions made here */
+  int no_progress;                  /* consecutive iterations whose decision changed no layer */
   cJSON *trajectory;                /* array, one object per iteration */
   cJSON *last_outcome;              /* the Reflect to (re)send on resume; NULL when none */
   cJSON *baselines;
@@ -221,6 +222,7 @@ static char *state_blob(job *j) {
   cJSON_AddNumberToObject(o, "dense_test_ppl", j->dense_test_ppl);
   cJSON_AddStringToObject(o, "session_id", j->session_id);
   cJSON_AddBoolToObject(o, "local_mode", j->local_mode);
+  cJSON_AddNumberToObject(o, "no_progress", j->no_progress);
   cJSON_AddNumberToObject(o, "wall_s", j->wall_s + (mono_s() - j->started));
   cJSON_AddItemToObject(o, "trajectory", cJSON_Duplicate(j->trajectory, 1));
   if (j->last_outcome) cJSON_AddItemToObject(o, "last_outcome", cJSON_Duplicate(j->last_outcome, 1));
@@ -255,6 +257,7 @@ static int load_state_blob(job *j, const uint8_t *blob, size_t len) {
   const cJSON *sid = cJSON_GetObjectItemCaseSensitive(o, "session_id");
   if (cJSON_IsString(sid)) snprintf(j->session_id, sizeof j->session_id, "%s", sid->valuestring);
   j->local_mode = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "local_mode"));
+  j->no_progress = (int)jnum(o, "no_progress");
   cJSON *t = cJSON_DetachItemFromObjectCaseSensitive(o, "trajectory");
   if (cJSON_IsArray(t)) {
     cJSON_Delete(j->trajectory);
@@ -590,7 +593,8 @@ static int roll_back(job *j, char *err, size_t errlen) {
   return AP_OK;
 }
 
-static int one_iteration(job *j, int *no_progress, char *err, size_t errlen) {
+static int one_iteration(job *j, char *err, size_t errlen) {
+  int *no_progress = &j->no_progress;
   engine_stop stop = {should_stop, j};
   uint32_t it = j->state.iteration + 1;
   emit(j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_ITERATION_STARTED, 0, "iteration %u started", it);
@@ -1078,7 +1082,6 @@ static int run(job *j, char *err, size_t errlen) {
   /* A resumed job re-sends the outcome it checkpointed; the agent answers a
      repeat with its stored Ack, so this is safe whether or not it arrived. */
   if (resumed && j->last_outcome && (rc = reflect(j, j->last_outcome, err, errlen))) return rc;
-  int no_progress = 0;
   for (;;) {
     double tol = 0.005;
     if (j->state.global_sparsity >= j->target - tol) {
@@ -1093,13 +1096,13 @@ static int run(job *j, char *err, size_t errlen) {
       snprintf(j->stop_reason, sizeof j->stop_reason, "consecutive_rollbacks");
       break;
     }
-    if (no_progress >= 2) {
+    if (j->no_progress >= 2) {
       snprintf(j->stop_reason, sizeof j->stop_reason, "no_progress");
       break;
     }
     if (should_stop(j)) return AP_CANCELLED;
     j->event_iteration = j->state.iteration + 1;
-    rc = one_iteration(j, &no_progress, err, errlen);
+    rc = one_iteration(j, err, errlen);
     j->event_iteration = 0;
     if (rc) return rc;
   }
