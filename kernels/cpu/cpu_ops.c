@@ -4,8 +4,14 @@
  *
  * BLAS is never called from inside an OpenMP region: OpenBLAS (pthread build)
  * runs its own threads, and nesting the two oversubscribes the cores. The
- * attention loops are therefore written by hand (dot products over head_dim),
- * which costs little next to the projections at the sizes we run.
+ * attention is therefore written by hand (cpu_attention.c).
+ *
+ * Two paths (cpu_internal.h): AVX2+FMA kernels (simd_math.h: vector expf;
+ * the norms and cross-entropy still sum in F64) when the processor has
+ * them, else the scalar loops below. Each output element is computed by one
+ * thread in an order fixed by the data, not by the team's split, so results
+ * do not depend on the thread count; the one exception is abs_sum_kept, an
+ * OpenMP reduction of F64 partial sums (its callers need ~1e-12, not bits).
  */
 #include <cblas.h>
 #include <math.h>
@@ -21,8 +27,8 @@
 #define PAR_MIN APK_CPU_PAR_MIN
 /* Thresholds of the ops rewritten with vector kernels, in elements: a fork
  * and join of the team costs ~15-20 us with OMP_WAIT_POLICY=passive on the
- * CI machine, the time one core takes for ~100K elements of a streaming op
- * or ~40K exponentials. */
+ * 2-core CI machine (measured), about what one core needs for ~100K
+ * elements of a streaming op or ~30K vector exponentials. */
 #define PAR_MIN_CHEAP (1 << 17)
 #define PAR_MIN_EXP (1 << 15)
 

@@ -5,8 +5,9 @@
  * Every function carries __attribute__((target("avx2,fma"))), so this header
  * compiles in a build for baseline x86-64; callers must themselves be
  * compiled for that target and be reached only after a runtime CPU check
- * (cpu_internal.h: apk_cpu_simd). On other architectures the header defines
- * APK_CPU_HAVE_AVX2 0 and nothing else, and the backend runs its scalar code.
+ * (cpu_internal.h: apk_cpu_simd). On other architectures, or when built with
+ * -DAPK_CPU_NO_SIMD, the header defines APK_CPU_HAVE_AVX2 0 and nothing
+ * else, and the backend runs its scalar code.
  *
  * apk_exp8 accuracy: within 2 ulp of expf for x in [-87.33, 88]
  * (the Cephes expf polynomial on a range reduced by round-to-nearest
@@ -19,7 +20,7 @@
 #ifndef AP_CPU_SIMD_MATH_H
 #define AP_CPU_SIMD_MATH_H
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(APK_CPU_NO_SIMD)
 #define APK_CPU_HAVE_AVX2 1
 #include <immintrin.h>
 
