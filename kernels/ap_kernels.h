@@ -155,8 +155,9 @@ void apk_rope_tables(float *cos_out, float *sin_out, int T, int D, double theta,
 /* Causal grouped-query attention, softmax(q k^T / sqrt(D)) v, per window.
  * q, out [B,T,H,D]; k, v [B,T,KVH,D] with H % KVH == 0 (query head h reads kv
  * head h / (H/KVH)). lse [B,H,T] (F32, may be NULL) keeps the log-sum-exp of
- * each score row for the backward pass. Memory: one score row of T floats per
- * thread; no T x T matrix is ever materialised. */
+ * each score row for the backward pass. Memory: no T x T matrix is ever
+ * materialised; the CPU vector path keeps 4 score rows (4 T floats) per
+ * thread plus the keys packed transposed (B KVH D T floats per call). */
 int apk_attention_forward(apk_ctx *ctx, apk_tensor *out, apk_tensor *lse, const apk_tensor *q,
                           const apk_tensor *k, const apk_tensor *v);
 /* dq, dk, dv += gradients of the attention output wrt q, k, v, given dout,
