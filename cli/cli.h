@@ -67,6 +67,18 @@ int cli_services_start(cli_services *s, int need_pruner, int need_agent, const c
                        const char *const *extra_agent_args);
 void cli_services_stop(cli_services *s);
 
+/*
+ * One unary call of `method` on the pruner at `pruner_addr`, or, when it is
+ * NULL, on a local pruner-svc started for the call (with `device` and
+ * `gpu_mem_limit`, either may be NULL) and stopped after it. On success
+ * *resp holds the reply (caller frees with protobuf_c_message_free_unpacked)
+ * and EXIT_OK is returned; otherwise a sentence naming `what` is on stderr
+ * and the exit code for the failure is returned.
+ */
+int cli_pruner_unary(const char *pruner_addr, const char *device, const char *gpu_mem_limit, const char *method,
+                     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+                     ProtobufCMessage **resp, const char *what);
+
 /* Sub-commands. */
 int cmd_health(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

@@ -41,24 +41,12 @@ int cmd_eval(int argc, char **argv) {
     return EXIT_USAGE;
   if (v.set[O_DEVICE]) spec.device = (char *)v.value[O_DEVICE];
 
-  cli_services svc = {0};
-  if (v.set[O_GPU_MEM]) svc.gpu_mem_limit = v.value[O_GPU_MEM];
-  if (v.set[O_PRUNER]) snprintf(svc.pruner_addr, sizeof svc.pruner_addr, "%s", v.value[O_PRUNER]);
-  else if (cli_services_start(&svc, 1, 0, spec.device, NULL) < 0) {
-    cli_services_stop(&svc);
-    return EXIT_OTHER;
-  }
-  int rc = EXIT_OTHER;
-  ap_rpc_client *c = ap_rpc_client_new(svc.pruner_addr, &(ap_rpc_client_opts){.max_attempts = 3});
   Agentprune__V1__EvalResult *res = NULL;
-  ap_rpc_status st;
-  int code = ap_rpc_unary(c, "/agentprune.v1.Pruner/Evaluate", &spec.base,
-                          &agentprune__v1__eval_result__descriptor, (ProtobufCMessage **)&res, 0, &st);
-  if (code != 0) {
-    cli_fail("evaluate failed: %s", st.message);
-    rc = cli_exit_for_status(code);
-    goto done;
-  }
+  int rc = cli_pruner_unary(v.set[O_PRUNER] ? v.value[O_PRUNER] : NULL, spec.device,
+                            v.set[O_GPU_MEM] ? v.value[O_GPU_MEM] : NULL, "/agentprune.v1.Pruner/Evaluate",
+                            &spec.base, &agentprune__v1__eval_result__descriptor, (ProtobufCMessage **)&res,
+                            "evaluate");
+  if (rc != EXIT_OK) return rc;
   if (v.set[O_JSON]) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "ppl", res->ppl);
@@ -78,10 +66,6 @@ int cmd_eval(int argc, char **argv) {
            res->nll, (unsigned long long)res->tokens, res->windows, res->ctx, res->tokens_per_s,
            res->device);
   }
-  rc = EXIT_OK;
-done:
-  if (res) protobuf_c_message_free_unpacked(&res->base, NULL);
-  ap_rpc_client_free(c);
-  cli_services_stop(&svc);
-  return rc;
+  protobuf_c_message_free_unpacked(&res->base, NULL);
+  return EXIT_OK;
 }

@@ -203,3 +203,27 @@ void cli_services_stop(cli_services *s) {
     if (rm_tree(s->data_dir) != 0) cli_fail("could not remove %s", s->data_dir);
   }
 }
+
+int cli_pruner_unary(const char *pruner_addr, const char *device, const char *gpu_mem_limit, const char *method,
+                     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+                     ProtobufCMessage **resp, const char *what) {
+  cli_services svc = {0};
+  *resp = NULL;
+  svc.gpu_mem_limit = gpu_mem_limit;
+  if (pruner_addr) snprintf(svc.pruner_addr, sizeof svc.pruner_addr, "%s", pruner_addr);
+  else if (cli_services_start(&svc, 1, 0, device, NULL) < 0) {
+    cli_services_stop(&svc);
+    return EXIT_OTHER;
+  }
+  int rc = EXIT_OK;
+  ap_rpc_client *c = ap_rpc_client_new(svc.pruner_addr, &(ap_rpc_client_opts){.max_attempts = 3});
+  ap_rpc_status st;
+  int code = ap_rpc_unary(c, method, req, resp_desc, resp, 0, &st);
+  if (code != 0) {
+    cli_fail("%s failed: %s", what, st.message);
+    rc = cli_exit_for_status(code);
+  }
+  ap_rpc_client_free(c);
+  cli_services_stop(&svc);
+  return rc;
+}
