@@ -23,7 +23,7 @@ run_suite() { # name build-dir cmake-args... ; ctest label filter via AP_CTEST_A
   local extra_var="AP_CTEST_ARGS_${name}"
   ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 600 ${!extra_var:-} 2>&1 | tee "$dir.ctest.log"
   local p f
-  p=$(grep -Eo '[0-9]+ tests failed out of [0-9]+' "$dir.ctest.log" | tail -1 | awk '{print $5-$1}')
+  p=$(grep -Eo '[0-9]+ tests failed out of [0-9]+' "$dir.ctest.log" | tail -1 | awk '{print $6-$1}')
   f=$(grep -Eo '[0-9]+ tests failed out of [0-9]+' "$dir.ctest.log" | tail -1 | awk '{print $1}')
   if [ -z "$p" ]; then
     if grep -q "No tests were found" "$dir.ctest.log"; then p=0; f=0; else p=0; f=1; fi
