@@ -1421,7 +1421,7 @@ static int add_pre(ap_tokenizer *t, lctx *L, const cJSON *o) {
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
     const cJSON *lit = cJSON_GetObjectItemCaseSensitive(pat, "String");
     const cJSON *beh = cJSON_GetObjectItemCaseSensitive(o, "behavior");
-    int invert;
+    int invert = 0;
     if ((rc = jbool(L, o, "invert", 0, &invert, "pre_tokenizer Split"))) return rc;
     if (!cJSON_IsString(re) && !cJSON_IsString(lit))
       return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "pre_tokenizer Split without pattern.Regex or pattern.String");
@@ -1438,7 +1438,7 @@ static int add_pre(ap_tokenizer *t, lctx *L, const cJSON *o) {
     return push_pre(t, &st);
   }
   if (!strcmp(type, "ByteLevel")) {
-    int use_regex;
+    int use_regex = 0;
     st.kind = PRE_BYTELEVEL;
     if ((rc = jbool(L, o, "add_prefix_space", 1, &st.add_prefix_space, "pre_tokenizer ByteLevel")) ||
         (rc = jbool(L, o, "use_regex", 1, &use_regex, "pre_tokenizer ByteLevel")))
@@ -1463,7 +1463,7 @@ static int add_pre(ap_tokenizer *t, lctx *L, const cJSON *o) {
       else if (!strcmp(s, "first")) st.prepend = PREPEND_FIRST;
       else return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "pre_tokenizer Metaspace: unknown prepend_scheme \"%s\"", s);
     } else {
-      int aps;
+      int aps = 0;
       if ((rc = jbool(L, o, "add_prefix_space", 1, &aps, "pre_tokenizer Metaspace"))) return rc;
       st.prepend = aps ? PREPEND_ALWAYS : PREPEND_NEVER;
     }
@@ -1527,7 +1527,7 @@ static int add_dec(ap_tokenizer *t, lctx *L, const cJSON *o) {
     if (cJSON_IsString(scheme)) {
       st.prepend = !strcmp(scheme->valuestring, "never") ? PREPEND_NEVER : PREPEND_ALWAYS;
     } else {
-      int aps;
+      int aps = 0;
       if ((rc = jbool(L, o, "add_prefix_space", 1, &aps, "decoder Metaspace"))) return rc;
       st.prepend = aps ? PREPEND_ALWAYS : PREPEND_NEVER;
     }
