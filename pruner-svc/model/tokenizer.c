@@ -1809,7 +1809,7 @@ static int load_added(ap_tokenizer *t, lctx *L, const cJSON *list, size_t *idcap
   cJSON_ArrayForEach(it, list) {
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
     int32_t id;
-    int special, lstrip, rstrip, single_word, normalized;
+    int special = 0, lstrip = 0, rstrip = 0, single_word = 0, normalized = 0;
     if (!cJSON_IsString(content) || jid(cJSON_GetObjectItemCaseSensitive(it, "id"), &id))
       return set_err(L->err, L->errlen, AP_TOK_EFORMAT, "added_tokens[%zu]: needs a string \"content\" and an integer \"id\"",
                      t->n_added);
