@@ -21,5 +21,6 @@ if [ "$#" -eq 0 ]; then
          --calib-windows 32 --eval-windows 16 --grad-windows 4 --tau 0.1 --max-iterations 120 \
          --out "$root/out/stories260K-rule-50"
   rm -rf "$root/out/stories260K-rule-50"
+  mkdir -p "$root/out"
 fi
 exec "$root/build/cli/agentprune" prune "$@"
