@@ -510,9 +510,10 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
   if (!rationale) goto oom;
   int len = snprintf(rationale, cap_r,
                      "rule: global %.4f -> %.4f (target %.4f, step %.4f: %s); %zu of %zu layers grow by "
-                     "%.4f..%.4f; allocation T%+.3f..%+.3f by sensitivity rank and block depth; least "
+                     "%.4f..%.4f; allocation T%+.3f..%+.3f by sensitivity rank and block %s; least "
                      "sensitive: %s; most sensitive: %s",
                      G, G + added / P, T, added / P, step_note, moved, n, dmin, dmax, -lambda, lambda,
+                     use_outliers ? "outliers (OWL, dense model)" : "depth",
                      t->layers[order[0]]->name, t->layers[order[n - 1]]->name);
   if (len > 0 && (size_t)len < cap_r && rollbacks_seen) {
     snprintf(rationale + len, cap_r - (size_t)len,
