@@ -243,6 +243,13 @@ static const char *call_path(const ap_rpc_call *c) {
  * the completion. Safe from any thread.
  */
 static void send_status(ap_rpc_call *c, int code, const char *msg, grpc_byte_buffer *reply) {
+  /* A handler that gave up because the deadline passed reports it as
+     DEADLINE_EXCEEDED whatever it returned (usually CANCELLED), so the client
+     sees the same code whether its own timer or our status arrives first. */
+  if (code != 0 && code != 4 && !reply && ap_rpc_ms_until(c->deadline) <= 0) {
+    code = 4; /* GRPC_STATUS_DEADLINE_EXCEEDED */
+    msg = "deadline exceeded";
+  }
   grpc_op ops[3];
   memset(ops, 0, sizeof ops);
   size_t n = 0;

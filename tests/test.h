@@ -26,10 +26,18 @@ static int t_passed, t_failed;
            fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); }                 \
   } while (0)
 
+/* Each operand is evaluated once: a failure prints the values that failed. */
 #define CHECK_NEAR(a, b, tol)                                                   \
-  CHECKF(fabs((double)(a) - (double)(b)) <= (tol), "%.9g vs %.9g (tol %g)", (double)(a), (double)(b), (double)(tol))
+  do {                                                                          \
+    double t_a_ = (double)(a), t_b_ = (double)(b), t_tol_ = (double)(tol);      \
+    CHECKF(fabs(t_a_ - t_b_) <= t_tol_, "%.9g vs %.9g (tol %g)", t_a_, t_b_, t_tol_); \
+  } while (0)
 
-#define CHECK_EQ_INT(a, b) CHECKF((long long)(a) == (long long)(b), "%lld vs %lld", (long long)(a), (long long)(b))
+#define CHECK_EQ_INT(a, b)                                                      \
+  do {                                                                          \
+    long long t_a_ = (long long)(a), t_b_ = (long long)(b);                     \
+    CHECKF(t_a_ == t_b_, "%s == %s: %lld vs %lld", #a, #b, t_a_, t_b_);         \
+  } while (0)
 
 #define CHECK_STR(a, b) CHECKF(strcmp((a), (b)) == 0, "\"%s\" vs \"%s\"", (a), (b))
 
