@@ -43,16 +43,6 @@ static ap_config_entry cfg[] = {
 };
 #define NCFG (sizeof cfg / sizeof cfg[0])
 
-static int write_port_file(const char *path, int port) {
-  char tmp[PATH_MAX];
-  if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) return -1;
-  FILE *f = fopen(tmp, "w");
-  if (!f) return -1;
-  fprintf(f, "%d\n", port);
-  if (fclose(f) != 0) return -1;
-  return rename(tmp, path); /* readers never see a half-written number */
-}
-
 /* Reads an integer flag into *out; returns -1 with err on a bad value. */
 static int get_int(const char *flag, int64_t lo, int64_t hi, int64_t *out, char *err, size_t errlen) {
   return ap_config_get_int(cfg, NCFG, flag, lo, hi, out, err, errlen);
@@ -161,7 +151,7 @@ int main(int argc, char **argv) {
     goto out;
   }
   const char *port_file = ap_config_get(cfg, NCFG, "--port-file");
-  if (port_file && *port_file && write_port_file(port_file, port) != 0)
+  if (port_file && *port_file && ap_write_port_file(port_file, port) != 0)
     AP_WARN("cannot write port file %s: %s", port_file, strerror(errno));
   AP_INFO("store %s, policies rule%s", data_dir, llm ? " and llm" : " (llm: no foundation model configured)");
   fprintf(stderr, "agent-svc listening on %s port %d\n", scfg.listen_addr, port);

@@ -92,3 +92,13 @@ void ap_config_usage(FILE *f, const char *prog, const char *summary, const ap_co
   }
   fprintf(f, "  %-28s %s\n", "-h, --help", "print this help");
 }
+
+int ap_write_port_file(const char *path, int port) {
+  char tmp[4096];
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) return -1;
+  FILE *f = fopen(tmp, "w");
+  if (!f) return -1;
+  fprintf(f, "%d\n", port);
+  if (fclose(f) != 0) return -1;
+  return rename(tmp, path);
+}

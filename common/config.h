@@ -68,6 +68,13 @@ int ap_config_get_int(const ap_config_entry *entries, size_t n, const char *flag
 /* Prints "usage: prog [options]", the summary, and one line per entry with its env variable and default. */
 void ap_config_usage(FILE *f, const char *prog, const char *summary, const ap_config_entry *entries, size_t n);
 
+/*
+ * Writes `port` to `path` through a temporary file and rename, so a process
+ * waiting for the file never reads a half-written number (services' --port-file).
+ * Returns 0, or -1 (errno set) when the file cannot be written.
+ */
+int ap_write_port_file(const char *path, int port);
+
 #ifdef __cplusplus
 }
 #endif

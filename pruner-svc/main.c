@@ -55,16 +55,6 @@ static void test_ckpt_pause(void *arg, uint64_t ckpt_no, uint32_t part, uint32_t
   usleep((useconds_t)test_pause_ms * 1000);
 }
 
-static int write_port_file(const char *path, int port) {
-  char tmp[PATH_MAX];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return -1;
-  fprintf(f, "%d\n", port);
-  if (fclose(f) != 0) return -1;
-  return rename(tmp, path); /* readers never see a half-written number */
-}
-
 int main(int argc, char **argv) {
   char err[512];
   int rc = ap_config_parse(cfg, NCFG, argc, argv, err, sizeof err);
@@ -175,7 +165,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   const char *port_file = ap_config_get(cfg, NCFG, "--port-file");
-  if (port_file && *port_file && write_port_file(port_file, port) != 0)
+  if (port_file && *port_file && ap_write_port_file(port_file, port) != 0)
     AP_WARN("cannot write port file %s: %s", port_file, strerror(errno));
   AP_INFO("pruner-svc listening on %s port %d (device %s, data roots %s, store %s)", scfg.listen_addr, port,
           p.device, roots, p.data_dir);
