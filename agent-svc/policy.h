@@ -45,7 +45,10 @@ int ap_rule_decide(const ap_decide_ctx *ctx, Agentprune__V1__Decision *out, char
  * Checks a decision against the constraints: known layer names (each at most
  * once), finite targets within [rho, min(rho + step_cap, ceiling)], forward
  * progress (at least one layer grows, unless the target is already reached),
- * and no overshoot of the global target beyond the tolerance. Returns 0, or
+ * and no overshoot of the global target beyond the tolerance. A probe
+ * decision (Decision.probes) grows no layer and carries at most
+ * JobState.max_probes plans whose targets are known layers within
+ * [rho, ceiling] (no step cap: plans are measured, not applied). Returns 0, or
  * -1 with the first violation described in err (this text is shown to the
  * foundation model when it is asked again).
  */

@@ -65,6 +65,7 @@
 #include "layer_index.h"
 #include "policy.h"
 #include "rule_policy.h"
+#include "rule_blockwise.h"
 
 void ap_rule_params_default(ap_rule_params *p) {
   p->spread = 0.08;
@@ -78,6 +79,9 @@ void ap_rule_params_default(ap_rule_params *p) {
   p->hold_iterations = 2;
   p->halving_window = 8;
   p->min_layer_step = 5e-4;
+  p->probes = 6;
+  p->probe_bias = 0.10;
+  p->owl_lambda = 0.08;
 }
 
 typedef struct {
@@ -297,6 +301,17 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
   for (size_t i = 0; i < n; i++) dv += (recent_dppl(t->layers[i]) - dm) * (recent_dppl(t->layers[i]) - dm);
   double dsd = sqrt(dv / (double)n);
   double G = pruned / P, T = lim.target, R = T - G;
+
+  /* With a pruner that measures probes, blocks go front to back with
+     measured plans (rule_blockwise.c); this gradual policy takes over when
+     that schedule does not apply. */
+  if (prm->probes > 0) {
+    int brc = ap_rule_blockwise(ctx, prm, out, err, errlen);
+    if (brc <= 0) {
+      rc = brc;
+      goto done;
+    }
+  }
 
   out->policy = dup_str("rule");
   if (!out->policy) goto oom;

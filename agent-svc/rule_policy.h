@@ -26,6 +26,9 @@ typedef struct {
   int hold_iterations;     /* layers of a rolled-back decision sit out this many iterations: 2 */
   int halving_window;      /* a rollback halves the layers' step for this many iterations: 8 */
   double min_layer_step;   /* smaller per-layer steps are dropped (below one weight per row): 5e-4 */
+  int probes;              /* plans measured before each block when the pruner can (0 = gradual only): 6 */
+  double probe_bias;       /* attention- or MLP-heavy plans add this to their kinds' share in the block: 0.10 */
+  double owl_lambda;       /* half-spread of the OWL block ratios of the plans (OWL's default): 0.08 */
 } ap_rule_params;
 
 void ap_rule_params_default(ap_rule_params *p);

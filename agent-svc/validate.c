@@ -102,6 +102,38 @@ int ap_decision_validate(const ap_decide_ctx *ctx, const Agentprune__V1__Decisio
     added += (double)lp->params * (target - lp->rho);
   }
   double global = pruned / total, after = (pruned + added) / total;
+  if (d->n_probes) {
+    const Agentprune__V1__JobState *st = ctx->req->state;
+    uint32_t maxp = st ? st->max_probes : 0;
+    if (d->n_layers) {
+      snprintf(err, errlen, "a decision either grows layers or asks for probes, not both");
+      goto done;
+    }
+    if (d->n_probes > maxp) {
+      snprintf(err, errlen, "the decision asks for %zu probes; the pruner measures at most %u", d->n_probes, maxp);
+      goto done;
+    }
+    for (size_t p = 0; p < d->n_probes; p++) {
+      const Agentprune__V1__Plan *pl = d->probes[p];
+      for (size_t k = 0; pl && k < pl->n_layers; k++) {
+        const Agentprune__V1__LayerTarget *lt = pl->layers[k];
+        const char *name = lt && lt->name ? lt->name : "";
+        long row = ap_layer_index_find(ix, name);
+        if (row < 0) {
+          snprintf(err, errlen, "probe %zu: layer \"%.200s\" is not in the profile table", p, name);
+          goto done;
+        }
+        double tg = lt->target_sparsity, rho = t->layers[row]->rho;
+        if (!isfinite(tg) || tg < rho - VALIDATE_EPS || tg > fmax(lim.ceiling, rho) + VALIDATE_EPS) {
+          snprintf(err, errlen, "probe %zu: layer \"%.200s\": target %.4f is outside [current %.4f, ceiling %.4f]", p,
+                   name, tg, rho, lim.ceiling);
+          goto done;
+        }
+      }
+    }
+    rc = 0;
+    goto done;
+  }
   if (!grows && global < lim.target - lim.tolerance) {
     snprintf(err, errlen,
              "no layer grows: the global sparsity %.4f is still below the target %.4f, so at least one "
@@ -138,6 +170,19 @@ void ap_decision_clear(Agentprune__V1__Decision *d) {
     free(d->layers[i]);
   }
   free(d->layers);
+  for (size_t i = 0; i < d->n_probes; i++) {
+    Agentprune__V1__Plan *pl = d->probes[i];
+    if (!pl) continue;
+    for (size_t k = 0; k < pl->n_layers; k++) {
+      if (!pl->layers[k]) continue;
+      free_str(pl->layers[k]->name);
+      free(pl->layers[k]);
+    }
+    free(pl->layers);
+    free_str(pl->label);
+    free(pl);
+  }
+  free(d->probes);
   free_str(d->rationale);
   free_str(d->policy);
   free_str(d->fallback_reason);

@@ -395,6 +395,8 @@ static int open_session(job *j, char *err, size_t errlen) {
   return code == AP_CANCELLED ? AP_CANCELLED : AP_FAILED_PRECONDITION;
 }
 
+/* out->probe_results (when the outcome has probes) are heap-allocated:
+ * release with outcome_clear. Strings point into `o`. */
 static void outcome_from_json(const cJSON *o, const char *session, Agentprune__V1__Outcome *out) {
   agentprune__v1__outcome__init(out);
   out->session_id = (char *)session;
@@ -405,6 +407,34 @@ static void outcome_from_json(const cJSON *o, const char *session, Agentprune__V
   out->global_sparsity = jnum(o, "global_sparsity");
   const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, "note");
   out->note = cJSON_IsString(n) ? n->valuestring : "";
+  const cJSON *pr = cJSON_GetObjectItemCaseSensitive(o, "probes");
+  int np = cJSON_GetArraySize(pr);
+  if (np <= 0) return;
+  Agentprune__V1__ProbeResult *cells = calloc((size_t)np, sizeof *cells);
+  out->probe_results = calloc((size_t)np, sizeof *out->probe_results);
+  if (!cells || !out->probe_results) {
+    free(cells);
+    free(out->probe_results);
+    out->probe_results = NULL;
+    return;
+  }
+  const cJSON *r;
+  cJSON_ArrayForEach(r, pr) {
+    Agentprune__V1__ProbeResult *c = &cells[out->n_probe_results];
+    agentprune__v1__probe_result__init(c);
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(r, "label");
+    c->label = cJSON_IsString(lb) ? lb->valuestring : "";
+    c->ppl = jnum(r, "ppl");
+    c->global_sparsity = jnum(r, "global_sparsity");
+    out->probe_results[out->n_probe_results++] = c;
+  }
+}
+
+static void outcome_clear(Agentprune__V1__Outcome *out) {
+  if (out->n_probe_results) free(out->probe_results[0]); /* one block of cells */
+  free(out->probe_results);
+  out->probe_results = NULL;
+  out->n_probe_results = 0;
 }
 
 static int reflect(job *j, const cJSON *outcome, char *err, size_t errlen) {
@@ -415,6 +445,7 @@ static int reflect(job *j, const cJSON *outcome, char *err, size_t errlen) {
   ap_rpc_status st;
   int code = agent_call(j, "/agentprune.v1.Agent/Reflect", &o.base, &agentprune__v1__ack__descriptor,
                         (ProtobufCMessage **)&ack, 30000, &st);
+  outcome_clear(&o);
   if (ack) protobuf_c_message_free_unpacked(&ack->base, NULL);
   if (code == AP_OK) return AP_OK;
   if (j->fallback_rule && transient(code)) {
@@ -443,17 +474,26 @@ static int decide_local(job *j, const Agentprune__V1__DecideRequest *req, Agentp
   Agentprune__V1__HistoryEntry **ep = calloc((size_t)n + 1, sizeof *ep);
   Agentprune__V1__Decision *decs = calloc((size_t)n + 1, sizeof *decs);
   Agentprune__V1__Outcome *outs = calloc((size_t)n + 1, sizeof *outs);
-  int total_targets = 0;
-  const cJSON *e;
-  cJSON_ArrayForEach(e, j->trajectory) total_targets += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e, "decision"));
+  int total_targets = 0, total_plans = 0, k = 0, t = 0;
+  const cJSON *e, *pe;
+  cJSON_ArrayForEach(e, j->trajectory) {
+    total_targets += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(e, "decision"));
+    cJSON_ArrayForEach(pe, cJSON_GetObjectItemCaseSensitive(e, "probes")) {
+      total_plans++;
+      total_targets += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(pe, "layers"));
+    }
+  }
+  Agentprune__V1__Plan *plans = calloc((size_t)total_plans + 1, sizeof *plans);
+  Agentprune__V1__Plan **pp = calloc((size_t)total_plans + 1, sizeof *pp);
   Agentprune__V1__LayerTarget *tg = calloc((size_t)total_targets + 1, sizeof *tg);
   Agentprune__V1__LayerTarget **tp = calloc((size_t)total_targets + 1, sizeof *tp);
   int rc = -1;
-  if (!ents || !ep || !decs || !outs || !tg || !tp) {
+  if (!ents || !ep || !decs || !outs || !tg || !tp || !plans || !pp) {
     snprintf(err, errlen, "out of memory");
     goto done;
   }
-  int k = 0, t = 0;
+  t = 0;
+  int q = 0;
   cJSON_ArrayForEach(e, j->trajectory) {
     agentprune__v1__history_entry__init(&ents[k]);
     agentprune__v1__decision__init(&decs[k]);
@@ -469,6 +509,25 @@ static int decide_local(job *j, const Agentprune__V1__DecideRequest *req, Agentp
       tp[t] = &tg[t];
       t++;
       decs[k].n_layers++;
+    }
+    decs[k].probes = &pp[q];
+    cJSON_ArrayForEach(pe, cJSON_GetObjectItemCaseSensitive(e, "probes")) {
+      agentprune__v1__plan__init(&plans[q]);
+      const cJSON *lb = cJSON_GetObjectItemCaseSensitive(pe, "label");
+      plans[q].label = cJSON_IsString(lb) ? lb->valuestring : "";
+      plans[q].layers = &tp[t];
+      cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(pe, "layers")) {
+        agentprune__v1__layer_target__init(&tg[t]);
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(d, "name");
+        tg[t].name = cJSON_IsString(nm) ? nm->valuestring : "";
+        tg[t].target_sparsity = jnum(d, "target_sparsity");
+        tp[t] = &tg[t];
+        t++;
+        plans[q].n_layers++;
+      }
+      pp[q] = &plans[q];
+      q++;
+      decs[k].n_probes++;
     }
     ents[k].decision = &decs[k];
     outcome_from_json(e, "", &outs[k]);
@@ -492,6 +551,9 @@ static int decide_local(job *j, const Agentprune__V1__DecideRequest *req, Agentp
   ap_decide_ctx ctx = {&sess, req, &hist, INT64_MAX};
   rc = ap_rule_decide(&ctx, out, err, errlen);
 done:
+  for (int x = 0; outs && x < k; x++) outcome_clear(&outs[x]);
+  free(plans);
+  free(pp);
   free(ents);
   free(ep);
   free(decs);
@@ -593,6 +655,56 @@ static int roll_back(job *j, char *err, size_t errlen) {
   return AP_OK;
 }
 
+/* Plans a probe iteration measures at most (JobState.max_probes). */
+#define AP_MAX_PROBES 8
+
+/* A probe iteration: rolls each plan out from the accepted masks (every
+ * listed layer grown to its target in one sequential pass), measures the
+ * check ppl, and restores the accepted masks. Results go to `out` as
+ * {label, ppl, global_sparsity} in the decision's order. */
+static int run_probes(job *j, const Agentprune__V1__Decision *d, double *targets, cJSON *out,
+                      const engine_stop *stop, char *err, size_t errlen) {
+  size_t n = d->n_probes < AP_MAX_PROBES ? d->n_probes : AP_MAX_PROBES;
+  if (d->n_probes > n)
+    AP_WARN("job %s: the decision has %zu probes; measuring the first %zu", j->stored->id, d->n_probes, n);
+  for (size_t p = 0; p < n; p++) {
+    const Agentprune__V1__Plan *pl = d->probes[p];
+    for (int i = 0; i < j->w.n_layers; i++) targets[i] = wl_layer_sparsity(&j->w, i);
+    for (size_t k = 0; pl && k < pl->n_layers; k++) {
+      int i = find_layer(j, pl->layers[k]->name);
+      double t = pl->layers[k]->target_sparsity;
+      if (i < 0 || !isfinite(t)) continue;
+      targets[i] = fmax(targets[i], fmin(t, j->ceiling));
+    }
+    double ppl = NAN, nll;
+    int rc = wl_prune_sequential(&j->w, &j->calib, targets, 0, 0, stop, err, errlen);
+    if (rc == AP_OK) rc = wl_perplexity(&j->w, &j->check, stop, &ppl, &nll, NULL, err, errlen);
+    double gs = wl_global_sparsity(&j->w);
+    int rb = roll_back(j, err, errlen);
+    if (rc != AP_OK) return rc;
+    if (rb != AP_OK) return AP_INTERNAL;
+    const char *label = pl && pl->label ? pl->label : "";
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "label", label);
+    cJSON_AddNumberToObject(r, "ppl", ppl);
+    cJSON_AddNumberToObject(r, "global_sparsity", gs);
+    /* The plan itself, so that a local rule decision (agent unreachable) can
+       rebuild the history the agent keeps. */
+    cJSON *ls = cJSON_AddArrayToObject(r, "layers");
+    for (int i = 0; i < j->w.n_layers; i++) {
+      if (!(targets[i] > wl_layer_sparsity(&j->w, i))) continue;
+      cJSON *x = cJSON_CreateObject();
+      cJSON_AddStringToObject(x, "name", ap_model_linear(j->w.model, j->w.layer_index[i])->name);
+      cJSON_AddNumberToObject(x, "target_sparsity", targets[i]);
+      cJSON_AddItemToArray(ls, x);
+    }
+    cJSON_AddItemToArray(out, r);
+    emit(j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_EVALUATED, ppl, "probe %zu/%zu %s: ppl %.4f at sparsity %.4f",
+         p + 1, n, label, ppl, gs);
+  }
+  return AP_OK;
+}
+
 static int one_iteration(job *j, char *err, size_t errlen) {
   int *no_progress = &j->no_progress;
   engine_stop stop = {should_stop, j};
@@ -660,7 +772,10 @@ static int one_iteration(job *j, char *err, size_t errlen) {
     j->usage.latency_ms += d->usage->latency_ms;
     j->usage.fallbacks += d->usage->fallbacks;
   }
-  int changed = 0;
+  int changed = 0, probing = d->n_layers == 0 && d->n_probes > 0;
+  double *targets = malloc((size_t)j->w.n_layers * sizeof(double));
+  if (!targets) rc = AP_RESOURCE_EXHAUSTED;
+  for (int i = 0; targets && i < j->w.n_layers; i++) targets[i] = wl_layer_sparsity(&j->w, i);
   for (size_t k = 0; k < d->n_layers && rc == AP_OK; k++) {
     int i = find_layer(j, d->layers[k]->name);
     if (i < 0) {
@@ -675,9 +790,18 @@ static int one_iteration(job *j, char *err, size_t errlen) {
     cJSON_AddStringToObject(x, "name", d->layers[k]->name);
     cJSON_AddNumberToObject(x, "target_sparsity", t);
     cJSON_AddItemToArray(dec, x);
-    rc = wl_prune_layer(&j->w, i, t, 0, 0, 0, err, errlen);
+    targets[i] = t;
     changed++;
   }
+  /* One sequential pass grows every chosen layer, block by block, as the
+     one-shot baselines do (workload.h). */
+  if (rc == AP_OK && changed) rc = wl_prune_sequential(&j->w, &j->calib, targets, 0, 0, &stop, err, errlen);
+  cJSON *probes = NULL;
+  if (rc == AP_OK && probing) {
+    probes = cJSON_AddArrayToObject(entry, "probes");
+    rc = run_probes(j, d, targets, probes, &stop, err, errlen);
+  }
+  free(targets);
   if (remote) protobuf_c_message_free_unpacked(&remote->base, NULL);
   if (local_used) ap_decision_clear(&local);
   wl_table_clear(&table);
@@ -702,8 +826,10 @@ static int one_iteration(job *j, char *err, size_t errlen) {
   emit(j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_EVALUATED, ppl, "ppl %.4f (accepted %.4f)", ppl,
        j->state.current_ppl);
   double before = j->state.current_ppl;
-  int accepted = changed > 0 && isfinite(ppl) && ppl <= before * (1 + j->tau);
-  *no_progress = changed == 0 ? *no_progress + 1 : 0;
+  /* A probe iteration changes no mask: it neither counts as a rollback nor
+     as an iteration without progress. */
+  int accepted = probing || (changed > 0 && isfinite(ppl) && ppl <= before * (1 + j->tau));
+  *no_progress = changed == 0 && !probing ? *no_progress + 1 : 0;
   cJSON_AddNumberToObject(entry, "ppl", ppl);
   cJSON_AddNumberToObject(entry, "ppl_before", before);
   cJSON_AddBoolToObject(entry, "accepted", accepted);
@@ -729,12 +855,16 @@ static int one_iteration(job *j, char *err, size_t errlen) {
   cJSON_AddNumberToObject(j->last_outcome, "ppl_after", ppl);
   cJSON_AddNumberToObject(j->last_outcome, "global_sparsity", j->state.global_sparsity);
   cJSON_AddStringToObject(j->last_outcome, "note",
-                          changed ? (accepted ? "accepted" : "rolled back: ppl rose past tau") : "no layer changed");
+                          probing   ? "probes measured"
+                          : changed ? (accepted ? "accepted" : "rolled back: ppl rose past tau")
+                                    : "no layer changed");
+  if (probes) cJSON_AddItemToObject(j->last_outcome, "probes", cJSON_Duplicate(probes, 1));
   if (rc != AP_OK) return rc;
   /* The checkpoint carries the outcome before the agent hears it, so a
      resumed job re-sends exactly this Reflect. */
   char msg[256];
-  snprintf(msg, sizeof msg, "iteration %u %s: ppl %.4f, sparsity %.4f", it, accepted ? "accepted" : "rolled back", ppl,
+  snprintf(msg, sizeof msg, "iteration %u %s: ppl %.4f, sparsity %.4f", it,
+           probing ? "measured probes" : accepted ? "accepted" : "rolled back", ppl,
            j->state.global_sparsity);
   rc = checkpoint(j, accepted ? AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_ACCEPTED
                               : AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_ROLLED_BACK,
@@ -1044,6 +1174,7 @@ static int run(job *j, char *err, size_t errlen) {
   j->state.target_sparsity = j->target;
   j->state.max_iterations = (uint32_t)j->max_iter;
   j->state.tau = j->tau;
+  j->state.max_probes = AP_MAX_PROBES;
   if (resumed) {
     snapshot_accepted(j);
     emit(j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_RESUMED, j->state.current_ppl,

@@ -80,8 +80,12 @@ int wl_collect_activations(workload *w, const wl_windows *calib, const engine_st
 
 /* Sequential (block by block) pruning for the one-shot baselines, as the
  * Wanda repository does: the statistics of block b come from the outputs of
- * the already-pruned blocks before it. targets[i] per eligible layer; nm_n/m
- * > 0 selects N:M; magnitude ignores activations. */
+ * the already-pruned blocks before it, with block b's own masks lifted while
+ * they are measured (so a block grown over several calls is scored as in one
+ * shot). Masks only grow: a layer whose target is at or below its sparsity
+ * keeps its mask. targets[i] per eligible layer; nm_n/m > 0 selects N:M;
+ * magnitude ignores activations. Blocks after the last growing one are not
+ * run. */
 int wl_prune_sequential(workload *w, const wl_windows *calib, const double *targets, unsigned nm_n, unsigned nm_m,
                         const engine_stop *stop, char *err, size_t errlen);
 

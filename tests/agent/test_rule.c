@@ -752,6 +752,146 @@ static void test_requests(void) {
   CHECK(ap_check_outcome(&o, err, sizeof err) != 0);
 }
 
+
+/* ---- front-to-back schedule with probes (rule_blockwise.c) ----------------------- */
+
+static double plan_mass(const Agentprune__V1__ProfileTable *t, const Agentprune__V1__Plan *pl) {
+  double P = 0, m = 0;
+  for (size_t i = 0; i < t->n_layers; i++) {
+    double x = t->layers[i]->rho;
+    for (size_t k = 0; k < pl->n_layers; k++)
+      if (!strcmp(pl->layers[k]->name, t->layers[i]->name)) x = pl->layers[k]->target_sparsity;
+    P += (double)t->layers[i]->params;
+    m += (double)t->layers[i]->params * x;
+  }
+  return m / P;
+}
+
+static double plan_target(const Agentprune__V1__Plan *pl, const char *name, double dflt) {
+  for (size_t k = 0; k < pl->n_layers; k++)
+    if (!strcmp(pl->layers[k]->name, name)) return pl->layers[k]->target_sparsity;
+  return dflt;
+}
+
+static void test_blockwise(void) {
+  char err[512];
+  const double T = 0.6;
+  Agentprune__V1__ProfileTable *t = fx_table(4, 0.0);
+  fx_zscores(t);
+  for (size_t i = 0; i < t->n_layers; i++) t->layers[i]->outlier = 0.04 - 0.01 * t->layers[i]->block; /* block 0 most */
+  Agentprune__V1__Constraints *c = fx_constraints(T, 0, 0, 0);
+  Agentprune__V1__Session *s = fx_session(SID, c);
+  Agentprune__V1__History *h = fx_history();
+  Agentprune__V1__DecideRequest *req = fx_request(SID, 1, t, T);
+  req->state->max_probes = 8;
+  ap_decide_ctx ctx = {s, req, h, INT64_MAX};
+  ap_limits lim;
+  ap_limits_from(c, &lim);
+
+  /* Iteration 1: probes for block 0, no layers; each plan meets the target. */
+  Agentprune__V1__Decision d;
+  int rc;
+  decide(&ctx, &d, &rc, err, sizeof err);
+  CHECKF(rc == 0, "%s", err);
+  CHECK(d.n_layers == 0);
+  CHECK(d.n_probes == 6);
+  CHECKF(ap_decision_validate(&ctx, &d, err, sizeof err) == 0, "%s", err);
+  for (size_t p = 0; p < d.n_probes; p++) {
+    CHECKF(!strncmp(d.probes[p]->label, "b0/", 3), "label %s", d.probes[p]->label);
+    CHECKF(fabs(plan_mass(t, d.probes[p]) - T) < 1e-6, "plan %s mass %.6f", d.probes[p]->label,
+           plan_mass(t, d.probes[p]));
+  }
+  CHECK(!strcmp(d.probes[0]->label, "b0/owl/even") && !strcmp(d.probes[2]->label, "b0/owl/attn"));
+  /* OWL: the block with the most outliers keeps the most weights. */
+  const char *q0 = "model.layers.0.self_attn.q_proj", *q3 = "model.layers.3.self_attn.q_proj";
+  const char *d0 = "model.layers.0.mlp.down_proj";
+  CHECK(plan_target(d.probes[0], q0, 0) < plan_target(d.probes[0], q3, 0) - 0.1);
+  CHECK(fabs(plan_target(d.probes[1], q0, 0) - T) < 1e-6); /* uniform */
+  CHECK(plan_target(d.probes[2], q0, 0) > plan_target(d.probes[2], d0, 0) + 0.05); /* attention-heavy */
+  /* Deterministic: the same input gives the same bytes. */
+  Agentprune__V1__Decision d2;
+  decide(&ctx, &d2, &rc, err, sizeof err);
+  size_t n1 = agentprune__v1__decision__get_packed_size(&d), n2 = agentprune__v1__decision__get_packed_size(&d2);
+  uint8_t *b1 = malloc(n1 + 1), *b2 = malloc(n2 + 1);
+  agentprune__v1__decision__pack(&d, b1);
+  agentprune__v1__decision__pack(&d2, b2);
+  CHECK(n1 == n2 && !memcmp(b1, b2, n1));
+  free(b1);
+  free(b2);
+  ap_decision_clear(&d2);
+
+  /* The pruner measured them: owl/attn (index 2) is best. */
+  d.iteration = 1;
+  fx_history_add(h, &d, req->state, 1, 10, 10, 0);
+  Agentprune__V1__Outcome *o = h->entries[0]->outcome;
+  o->n_probe_results = d.n_probes;
+  o->probe_results = calloc(d.n_probes, sizeof *o->probe_results);
+  for (size_t p = 0; p < d.n_probes; p++) {
+    o->probe_results[p] = malloc(sizeof *o->probe_results[p]);
+    agentprune__v1__probe_result__init(o->probe_results[p]);
+    o->probe_results[p]->label = fx_strdup(d.probes[p]->label);
+    o->probe_results[p]->ppl = p == 2 ? 20.0 : 25.0 + (double)p;
+  }
+  double goal[7];
+  for (int k = 0; k < 7; k++) goal[k] = plan_target(d.probes[2], t->layers[k]->name, 0);
+  ap_decision_clear(&d);
+
+  /* Iteration 2: block 0 only, toward owl/attn, every layer the same share of its gap. */
+  req->iteration = req->state->iteration = 2;
+  decide(&ctx, &d, &rc, err, sizeof err);
+  CHECKF(rc == 0, "%s", err);
+  CHECK(d.n_probes == 0 && d.n_layers == 7);
+  const char *why = check_decision(t, &lim, &d, NULL);
+  CHECKF(!why, "%s", why ? why : "");
+  CHECKF(ap_decision_validate(&ctx, &d, err, sizeof err) == 0, "%s", err);
+  double share = -1;
+  for (size_t k = 0; k < d.n_layers; k++) {
+    long r = find_row(t, d.layers[k]->name);
+    CHECK(r >= 0 && r < 7);
+    if (r < 0 || r >= 7) continue;
+    double x = d.layers[k]->target_sparsity / goal[r];
+    CHECK(x > 0 && x <= 1 + 1e-9);
+    if (share < 0) share = x;
+    CHECKF(fabs(x - share) < 1e-6 || d.layers[k]->target_sparsity >= lim.step_cap - 1e-9, "share %.6f vs %.6f", x,
+           share);
+  }
+  CHECK(strstr(d.rationale, "b0/owl/attn") != NULL);
+  ap_decision_clear(&d);
+
+  /* Block 0 at its goal: the next decision probes block 1. */
+  for (int k = 0; k < 7; k++) t->layers[k]->rho = goal[k];
+  req->state->global_sparsity = fx_global(t);
+  req->iteration = req->state->iteration = 3;
+  decide(&ctx, &d, &rc, err, sizeof err);
+  CHECKF(rc == 0, "%s", err);
+  CHECK(d.n_probes == 6 && d.n_layers == 0);
+  if (d.n_probes) {
+    CHECKF(!strncmp(d.probes[0]->label, "b1/", 3), "label %s", d.probes[0]->label);
+    CHECKF(fabs(plan_mass(t, d.probes[0]) - T) < 1e-6, "mass %.6f", plan_mass(t, d.probes[0]));
+    CHECK(plan_target(d.probes[0], t->layers[0]->name, -1) == -1); /* block 0 is not touched again */
+  }
+  ap_decision_clear(&d);
+
+  /* A pruner that measures fewer than two probes gets the gradual policy. */
+  req->state->max_probes = 1;
+  decide(&ctx, &d, &rc, err, sizeof err);
+  CHECKF(rc == 0, "%s", err);
+  CHECK(d.n_probes == 0 && d.n_layers > 0);
+  ap_decision_clear(&d);
+  /* Too many probes for the pruner are refused by the validator. */
+  req->state->max_probes = 8;
+  decide(&ctx, &d, &rc, err, sizeof err);
+  req->state->max_probes = 3;
+  CHECK(ap_decision_validate(&ctx, &d, err, sizeof err) != 0 && strstr(err, "at most 3"));
+  ap_decision_clear(&d);
+
+  req->profile = NULL;
+  free_msg(req);
+  free_msg(t);
+  free_msg(h);
+  free_msg(s);
+}
+
 int main(void) {
   test_property();
   test_determinism_and_direction();
@@ -759,5 +899,6 @@ int main(void) {
   test_simulated_loop();
   test_validate();
   test_requests();
+  test_blockwise();
   TEST_DONE();
 }

@@ -6,6 +6,7 @@ failures, and a scratch data root.
 Every test is a plain script: it calls check(...) for each property, prints
 one line per check, and exits 1 when any failed (exit_status()).
 """
+import math
 import importlib.util
 import json
 import os
@@ -396,7 +397,12 @@ def check_trajectory(doc, tag, tau, cols, step_cap=0.10, ceiling=0.90):
             problems.append("it %d: ppl_before %.6f is not the accepted ppl %.6f" % (it, t["ppl_before"],
                                                                                     accepted_ppl))
         changed = len(t["decision"]) > 0
-        should = changed and t["ppl"] <= t["ppl_before"] * (1 + tau)
+        probing = bool(t.get("probes"))
+        # A probe iteration measures plans and changes no mask: accepted, ppl unchanged.
+        should = probing or (changed and t["ppl"] <= t["ppl_before"] * (1 + tau))
+        if probing and (changed or abs(t["ppl"] - t["ppl_before"]) > 1e-12 * t["ppl_before"] or
+                        not all(math.isfinite(p["ppl"]) and p["ppl"] > 0 for p in t["probes"])):
+            problems.append("it %d: a probe iteration changed masks or has a bad probe ppl" % it)
         if bool(t["accepted"]) != should:
             problems.append("it %d: accepted=%s but ppl %.6f vs limit %.6f" % (it, t["accepted"], t["ppl"],
                                                                               t["ppl_before"] * (1 + tau)))
