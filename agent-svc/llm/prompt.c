@@ -206,7 +206,19 @@ static void sb_entry(sbuf *b, const ap_llm_layer_index *ix, const Agentprune__V1
     if (d->n_layers == 0) sb_put(b, " no layers");
   }
   const Agentprune__V1__Outcome *o = e->outcome;
-  if (o)
+  if (o && o->n_probe_results) {
+    /* A probe iteration (the rule fallback measured plans): the plans' ppl
+       is what the model can learn from; no mask changed. */
+    sb_put(b, "; plans measured by rollout, no mask changed:");
+    for (size_t k = 0; k < o->n_probe_results && k < 8; k++) {
+      const Agentprune__V1__ProbeResult *r = o->probe_results[k];
+      if (!r) continue;
+      char *clean = ap_llm_sanitize(r->label ? r->label : "", r->label ? strlen(r->label) : 0, 32);
+      if (!clean) b->oom = 1;
+      else sb_printf(b, " %s ppl %.3f at sparsity %.4f;", clean, r->ppl, r->global_sparsity);
+      free(clean);
+    }
+  } else if (o)
     sb_printf(b, "; %s, ppl %.3f -> %.3f (%+.2f%%), global sparsity %.4f", o->accepted ? "accepted" : "rolled back",
               o->ppl_before, o->ppl_after, 100.0 * rel_change(o->ppl_before, o->ppl_after), o->global_sparsity);
   else

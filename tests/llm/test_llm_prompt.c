@@ -244,6 +244,34 @@ static void test_structure_and_defaults(void) {
   fx_free(&f);
 }
 
+
+/* A probe iteration of the rule fallback shows the measured plans. */
+static void test_probe_history(void) {
+  fixture f;
+  fx_init(&f, 2, 0.0);
+  Agentprune__V1__Decision d = AGENTPRUNE__V1__DECISION__INIT;
+  d.rationale = "rule: block 0 of 2: measuring 2 plans";
+  d.policy = "rule-fallback";
+  fx_add_history(&f, 1, &d, 1, 1, 12.5, 12.5, 0, 0);
+  Agentprune__V1__Outcome *o = f.history.entries[0]->outcome;
+  const char *labels[2] = {"b0/owl/even", "b0/uniform/\x1b[31mmlp"};
+  o->probe_results = calloc(2, sizeof *o->probe_results);
+  for (int k = 0; k < 2; k++) {
+    o->probe_results[k] = calloc(1, sizeof *o->probe_results[k]);
+    agentprune__v1__probe_result__init(o->probe_results[k]);
+    o->probe_results[k]->label = strdup(labels[k]);
+    o->probe_results[k]->ppl = 20.25 + k;
+    o->probe_results[k]->global_sparsity = 0.5;
+    o->n_probe_results++;
+  }
+  f.state.iteration = f.req.iteration = 2;
+  char *user = ap_llm_build_user_prompt(&f.ctx, NULL);
+  CHECK(user && strstr(user, "plans measured by rollout, no mask changed: b0/owl/even ppl 20.250 at sparsity 0.5000;"));
+  CHECK(user && !strstr(user, "\x1b")); /* labels are sanitised like every text from the history */
+  free(user);
+  fx_free(&f);
+}
+
 int main(int argc, char **argv) {
   golden_dir = argc > 1 ? argv[1] : "golden";
   test_golden();
@@ -251,5 +279,6 @@ int main(int argc, char **argv) {
   test_size_bounds();
   test_full_name_ids();
   test_structure_and_defaults();
+  test_probe_history();
   TEST_DONE();
 }
