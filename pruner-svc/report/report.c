@@ -269,10 +269,22 @@ static void render_trajectory(sbuf *b, const cJSON *doc) {
     sb_printf(b, "<tr class=\"%s\"><td>%.0f</td><td>", acc ? "acc" : "rb", num(e, "iteration", 0));
     sb_esc(b, str(e, "policy"), 64);
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "fallback"))) SB_LIT(b, " (fallback)");
+    const cJSON *probes = cJSON_GetObjectItemCaseSensitive(e, "probes");
+    int probing = cJSON_IsArray(probes) && cJSON_GetArraySize(probes) > 0;
     sb_printf(b, "</td><td>%d</td><td>%.4f</td><td>%.4f</td><td>%s</td><td>",
               cJSON_IsArray(dec) ? cJSON_GetArraySize(dec) : 0, num(e, "global_sparsity", NAN), num(e, "ppl", NAN),
-              acc ? "accepted" : "rolled back");
+              probing ? "measured plans" : acc ? "accepted" : "rolled back");
     sb_esc(b, str(e, "rationale"), 600);
+    if (probing) {
+      /* The plans' rollout ppl: why the block got the allocation it got. */
+      SB_LIT(b, "<br>");
+      const cJSON *p;
+      cJSON_ArrayForEach(p, probes) {
+        SB_LIT(b, " ");
+        sb_esc(b, str(p, "label"), 64);
+        sb_printf(b, " %.4f;", num(p, "ppl", NAN));
+      }
+    }
     SB_LIT(b, "</td></tr>\n");
   }
   SB_LIT(b, "</table>\n");

@@ -28,9 +28,12 @@ doc = {
                     "ppl": 10 + i * (5 if i == 3 else 0.5), "accepted": i != 3, "accepted_ppl": 10 + i * 0.5,
                     "global_sparsity": 0.1 * (i + 1), "rationale": evil} for i in range(6)],
     "profile": [dict(l, s=0.01, g=1e-4, z_s=0.1, z_g=-0.2, rho=l["sparsity"]) for l in layers],
+    # (the last iteration becomes a probe iteration below)
     "baselines": [{"policy": "wanda", "sparsity": 0.5, "ppl": 13.0, "test_ppl": 14.0},
                   {"policy": "owl", "sparsity": 0.5, "ppl": 12.9, "test_ppl": 13.8}],
 }
+doc["trajectory"][5].update(decision=[], probes=[{"label": "b1/owl/<mlp>", "ppl": 12.34, "global_sparsity": 0.6},
+                                                 {"label": "b1/uniform/even", "ppl": 12.5, "global_sparsity": 0.6}])
 src = os.path.join(out_dir, "agentprune.json")
 html_path = os.path.join(out_dir, "report.html")
 json.dump(doc, open(src, "w"))
@@ -47,6 +50,8 @@ check(html.count("<circle") == 5, "five accepted iterations plotted")
 check('id="baselines"' in html and "wanda" in html and "owl" in html, "baselines table")
 check('id="profile"' in html and html.count("<tr><td>model.layers.") == 35, "profile table rows")
 check("(fallback)" in html, "fallback decisions are shown")
+check("measured plans" in html and "b1/owl/&lt;mlp&gt; 12.3400;" in html and "b1/uniform/even 12.5000;" in html,
+      "a probe iteration lists its plans' rollout ppl, escaped")
 
 # Broken documents still render (missing keys are absent, not fatal).
 json.dump({"job": {}}, open(src, "w"))
