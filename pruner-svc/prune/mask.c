@@ -65,7 +65,7 @@ static void set_run(uint64_t *mask, size_t pos, size_t len) {
  * No sort, and no pass depends on the data order.
  */
 #define ROW_BIN_SHIFT 19
-#define ROW_BINS 4096 /* keys of surviving weights are < 2^31 (sign bit clear) */
+#define ROW_BINS 4096 /* keys are < 2^31: scores are non-negative, NaN keys get their sign bit cleared */
 
 typedef struct {
   uint32_t *keys; /* cols */
@@ -134,7 +134,10 @@ static int mask_one_row(const float *wrow, const float *norms, size_t cols, size
   if (norms) {
 #pragma omp simd reduction(min : kmin) reduction(max : kmax)
     for (size_t j = 0; j < cols; j++) {
-      uint32_t key = ap_score_key(wrow[j], norms[j]);
+      /* inf * 0 (an infinite weight in a dead channel) gives the default NaN,
+       * whose sign bit is set: clear it, so the key still reads as NaN (above
+       * +inf) and indexes inside the histogram */
+      uint32_t key = ap_score_key(wrow[j], norms[j]) & 0x7fffffffu;
       keys[j] = key;
       kmin = key < kmin ? key : kmin;
       kmax = key > kmax ? key : kmax;

@@ -284,6 +284,17 @@ static void test_errors(void) {
   m[0] = 0;
   CHECK_EQ_INT(ap_mask_layer(w, NULL, 2, 4, 0.5, m, NULL), AP_PRUNE_ENAN);
   CHECK(m[0] == 0); /* layer scope selects before it writes */
+  /* an infinite weight in a dead channel scores inf * 0, the default NaN
+   * (sign bit set): an error like any NaN, and no out-of-range key */
+  float wi[8] = {1, 2, INFINITY, 4, 5, 6, -INFINITY, 8};
+  double xz[4] = {1, 1, 0, 1};
+  m[0] = 0;
+  CHECK_EQ_INT(ap_mask_rows(wi, xz, 2, 4, 0.5, m, NULL), AP_PRUNE_ENAN);
+  CHECK(m[0] == 0);
+  CHECK_EQ_INT(ap_mask_nm(wi, xz, 2, 4, 2, 4, m, NULL), AP_PRUNE_ENAN);
+  m[0] = 0;
+  CHECK_EQ_INT(ap_mask_layer(wi, xz, 2, 4, 0.5, m, NULL), AP_PRUNE_ENAN);
+  CHECK(m[0] == 0);
 }
 
 int main(void) {
