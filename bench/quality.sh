@@ -40,7 +40,8 @@ rule = r.get("test_ppl", float("nan"))
 print("%-24s %5s %8.3f %9.3f %8.3f %8.3f %8.3f %10.3f %8.3f %5d %4d %7s" % (
     sys.argv[2], sys.argv[3], r.get("dense_test_ppl", float("nan")), t("magnitude"), t("wanda"), t("owl"), rule,
     rule / t("wanda"), rule / t("owl"), r["iterations"], r["rollbacks"], sys.argv[4]))
-print("  reached sparsity %.4f (stop: %s); baselines at the same sparsity" % (r["sparsity"], r["stop_reason"]))
+print("  reached sparsity %.4f (stop: %s); baselines pruned to that target reach %s (whole weights per row)" % (
+    r["sparsity"], r["stop_reason"], ", ".join("%s %.4f" % (p, b[p]["sparsity"]) for p in sorted(b))))
 PY
   done
 done

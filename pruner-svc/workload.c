@@ -669,6 +669,7 @@ int wl_profile(workload *w, const wl_windows *calib, int grad_windows, const eng
     r->z_g = zg[i];
     r->rho = wl_layer_sparsity(w, i);
     r->outlier = w->dense_outlier ? w->dense_outlier[i] : 0;
+    r->in_features = (uint32_t)l->cols;
     rows[i] = r;
   }
   free(s);

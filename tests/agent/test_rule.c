@@ -797,11 +797,11 @@ static void test_blockwise(void) {
   CHECK(d.n_probes == 6);
   CHECKF(ap_decision_validate(&ctx, &d, err, sizeof err) == 0, "%s", err);
   for (size_t p = 0; p < d.n_probes; p++) {
-    CHECKF(!strncmp(d.probes[p]->label, "b0/", 3), "label %s", d.probes[p]->label);
+    CHECKF(!strncmp(d.probes[p]->label, "b0+1/", 5), "label %s", d.probes[p]->label);
     CHECKF(fabs(plan_mass(t, d.probes[p]) - T) < 1e-6, "plan %s mass %.6f", d.probes[p]->label,
            plan_mass(t, d.probes[p]));
   }
-  CHECK(!strcmp(d.probes[0]->label, "b0/owl/even") && !strcmp(d.probes[2]->label, "b0/owl/attn"));
+  CHECK(!strcmp(d.probes[0]->label, "b0+1/owl/even") && !strcmp(d.probes[2]->label, "b0+1/owl/attn"));
   /* OWL: the block with the most outliers keeps the most weights. */
   const char *q0 = "model.layers.0.self_attn.q_proj", *q3 = "model.layers.3.self_attn.q_proj";
   const char *d0 = "model.layers.0.mlp.down_proj";
@@ -855,7 +855,7 @@ static void test_blockwise(void) {
     CHECKF(fabs(x - share) < 1e-6 || d.layers[k]->target_sparsity >= lim.step_cap - 1e-9, "share %.6f vs %.6f", x,
            share);
   }
-  CHECK(strstr(d.rationale, "b0/owl/attn") != NULL);
+  CHECK(strstr(d.rationale, "b0+1/owl/attn") != NULL);
   ap_decision_clear(&d);
 
   /* Block 0 at its goal: the next decision probes block 1. */
@@ -866,7 +866,7 @@ static void test_blockwise(void) {
   CHECKF(rc == 0, "%s", err);
   CHECK(d.n_probes == 6 && d.n_layers == 0);
   if (d.n_probes) {
-    CHECKF(!strncmp(d.probes[0]->label, "b1/", 3), "label %s", d.probes[0]->label);
+    CHECKF(!strncmp(d.probes[0]->label, "b1+1/", 5), "label %s", d.probes[0]->label);
     CHECKF(fabs(plan_mass(t, d.probes[0]) - T) < 1e-6, "mass %.6f", plan_mass(t, d.probes[0]));
     CHECK(plan_target(d.probes[0], t->layers[0]->name, -1) == -1); /* block 0 is not touched again */
   }
@@ -885,6 +885,68 @@ static void test_blockwise(void) {
   CHECK(ap_decision_validate(&ctx, &d, err, sizeof err) != 0 && strstr(err, "at most 3"));
   ap_decision_clear(&d);
 
+  req->profile = NULL;
+  free_msg(req);
+  free_msg(t);
+  free_msg(h);
+  free_msg(s);
+
+  /* 32 blocks and the default 60 iterations: blocks go in groups that fit
+     the budget (one probe + ~1.5 x 6 capped steps each: 6 groups of 6). */
+  t = fx_table(32, 0.0);
+  fx_zscores(t);
+  for (size_t i = 0; i < t->n_layers; i++) {
+    t->layers[i]->outlier = 0.01 + 0.001 * (t->layers[i]->block % 5);
+    t->layers[i]->in_features = t->layers[i]->kind == AGENTPRUNE__V1__LAYER_KIND__LAYER_KIND_DOWN ? 688 : 256;
+  }
+  c = fx_constraints(0.5, 0, 0, 0);
+  s = fx_session(SID, c);
+  h = fx_history();
+  req = fx_request(SID, 1, t, 0.5);
+  req->state->max_probes = 8;
+  ctx = (ap_decide_ctx){s, req, h, INT64_MAX};
+  decide(&ctx, &d, &rc, err, sizeof err);
+  CHECKF(rc == 0 && d.n_probes == 6, "%s", err);
+  if (d.n_probes == 6) {
+    CHECKF(!strncmp(d.probes[0]->label, "b0+6/", 5), "label %s", d.probes[0]->label);
+    /* (rounded to whole weights per row: within half a weight per row of the narrowest layer) */
+    CHECKF(fabs(plan_mass(t, d.probes[3]) - 0.5) < 0.5 / 256, "mass %.6f", plan_mass(t, d.probes[3]));
+    /* The MLP bias lands on the whole group, the OWL block ratios stay. */
+    const Agentprune__V1__Plan *mlp = d.probes[3]; /* owl/mlp */
+    CHECK(plan_target(mlp, "model.layers.5.mlp.up_proj", 0) > plan_target(mlp, "model.layers.5.self_attn.q_proj", 0));
+    CHECK(plan_target(mlp, "model.layers.4.mlp.up_proj", 0) < plan_target(mlp, "model.layers.0.mlp.up_proj", 0));
+    CHECK(fabs(plan_target(mlp, "model.layers.6.mlp.up_proj", 0) - plan_target(mlp, "model.layers.6.self_attn.q_proj", 0)) < 1e-12);
+    /* On the pruner's grid (whole weights per row), so a plan is realised as asked. */
+    int off_grid = 0;
+    for (size_t p = 0; p < d.n_probes; p++)
+      for (size_t k = 0; k < d.probes[p]->n_layers; k++) {
+        double x = d.probes[p]->layers[k]->target_sparsity * t->layers[find_row(t, d.probes[p]->layers[k]->name)]->in_features;
+        if (fabs(x - floor(x + 0.5)) > 1e-9) off_grid++;
+      }
+    CHECKF(off_grid == 0, "%d plan targets off the grid", off_grid);
+    d.iteration = 1;
+    fx_history_add(h, &d, req->state, 1, 10, 10, 0);
+    o = h->entries[0]->outcome;
+    o->n_probe_results = 1;
+    o->probe_results = calloc(1, sizeof *o->probe_results);
+    o->probe_results[0] = malloc(sizeof *o->probe_results[0]);
+    agentprune__v1__probe_result__init(o->probe_results[0]);
+    o->probe_results[0]->label = fx_strdup(d.probes[0]->label);
+    o->probe_results[0]->ppl = 11;
+  }
+  ap_decision_clear(&d);
+  req->iteration = req->state->iteration = 2;
+  decide(&ctx, &d, &rc, err, sizeof err);
+  CHECKF(rc == 0 && d.n_layers == 6 * 7, "rc %d, %zu layers: %s", rc, d.n_layers, err);
+  for (size_t k = 0; k < d.n_layers; k++) {
+    const Agentprune__V1__LayerProfile *lp = t->layers[find_row(t, d.layers[k]->name)];
+    double x = d.layers[k]->target_sparsity * lp->in_features;
+    CHECK(lp->block < 6);
+    CHECKF(fabs(x - floor(x + 0.5)) < 1e-9, "step target %.6f of %s is off the grid", d.layers[k]->target_sparsity, lp->name);
+  }
+  why = check_decision(t, &lim, &d, NULL);
+  CHECKF(!why, "%s", why ? why : "");
+  ap_decision_clear(&d);
   req->profile = NULL;
   free_msg(req);
   free_msg(t);

@@ -71,19 +71,24 @@ def run(env, a):
     aplib.check_trajectory(doc, "rule", TAU, aplib.layer_cols(model))
     check(all(t["policy"] == "rule" and not t["fallback"] for t in doc["trajectory"]),
           "every decision came from the agent's rule policy, none from a fallback")
-    # Front to back: a probe iteration before each block, the blocks in order,
-    # and the steps after a probe grow only that block.
-    probe_blocks = [int(t["probes"][0]["label"].split("/")[0][1:]) for t in doc["trajectory"] if t.get("probes")]
+    # Front to back: a probe iteration before each group of blocks ("b<first>+<count>/plan/bias"),
+    # the groups in order and covering every block once, and the steps after
+    # a probe grow only that group (or top up the last one).
+    def group(t):
+        first, count = t["probes"][0]["label"].split("/")[0][1:].split("+")
+        return int(first), int(count)
+    groups = [group(t) for t in doc["trajectory"] if t.get("probes")]
     nblocks = 1 + max(l["block"] for l in doc["layers"])
-    check(probe_blocks == list(range(nblocks)), "one probe iteration per block, front to back (%s)" % probe_blocks)
-    cur, stray = -1, []
+    covered = [b for f, c in groups for b in range(f, f + c)]
+    check(covered == list(range(nblocks)), "probe iterations cover the blocks once, front to back (%s)" % groups)
+    cur, stray = (-1, 0), []
     for t in doc["trajectory"]:
         if t.get("probes"):
-            cur = int(t["probes"][0]["label"].split("/")[0][1:])
+            cur = group(t)
         for d in t["decision"]:
-            if int(d["name"].split(".")[2]) != cur and cur < nblocks - 1:
+            if not cur[0] <= int(d["name"].split(".")[2]) < cur[0] + cur[1]:
                 stray.append((t["iteration"], d["name"]))
-    check(not stray, "between probes, only the probed block grows (%s)" % stray[:3])
+    check(not stray, "between probes, only the probed group grows (%s)" % stray[:3])
     job_layers = {l.name: l.sparsity for l in fin.layers}
     check(all(abs(job_layers[l["name"]] - l["sparsity"]) < 1e-12 for l in doc["layers"]),
           "GetJob's per-layer sparsity equals agentprune.json's")
