@@ -3,7 +3,9 @@
  * Wanda 2:4, whole-layer magnitude 50%, p10 statistic) on LLaMA-7B shapes,
  * against the machine's memory bandwidth measured in the same run with a
  * plain streaming copy (memcpy of a large buffer, split over the same
- * OpenMP threads).
+ * OpenMP threads). The "(scalar)" lines run the portable reference of the
+ * same step (AP_MASK_IMPL_SCALAR); the others run what ap_mask_* pick on
+ * this CPU (AVX2 where available, see mask.c).
  *
  * Bandwidth convention: bytes read + bytes written. The copy moves 2 bytes per
  * byte copied; a mask pass reads 4 bytes of weight per weight and reads and
@@ -64,8 +66,17 @@ static double copy_bandwidth(size_t bytes, int repeats) {
   return 2.0 * (double)bytes / best / 1e9;
 }
 
-typedef enum { RUN_WANDA50, RUN_WANDA_24, RUN_MAG50, RUN_P10 } run_kind;
-static const char *kind_name[] = {"wanda unstructured 50%", "wanda 2:4", "magnitude layer 50%", "p10 statistic (s)"};
+typedef enum {
+  RUN_WANDA50,
+  RUN_WANDA50_SCALAR,
+  RUN_WANDA_24,
+  RUN_WANDA_24_SCALAR,
+  RUN_MAG50,
+  RUN_P10,
+  RUN_KINDS
+} run_kind;
+static const char *kind_name[] = {"wanda unstructured 50%", "  (scalar)",          "wanda 2:4",
+                                  "  (scalar)",             "magnitude layer 50%", "p10 statistic (s)"};
 
 static double time_kind(run_kind kind, const float *w, const double *xsq, size_t rows, size_t cols, uint64_t *mask,
                         int repeats) {
@@ -78,9 +89,12 @@ static double time_kind(run_kind kind, const float *w, const double *xsq, size_t
     ap_layer_ref l = {w, xsq, NULL, rows, cols};
     switch (kind) {
     case RUN_WANDA50: rc = ap_mask_rows(w, xsq, rows, cols, 0.5, mask, NULL); break;
+    case RUN_WANDA50_SCALAR: rc = ap_mask_rows_impl(w, xsq, rows, cols, 0.5, mask, NULL, AP_MASK_IMPL_SCALAR); break;
     case RUN_WANDA_24: rc = ap_mask_nm(w, xsq, rows, cols, 2, 4, mask, NULL); break;
+    case RUN_WANDA_24_SCALAR: rc = ap_mask_nm_impl(w, xsq, rows, cols, 2, 4, mask, NULL, AP_MASK_IMPL_SCALAR); break;
     case RUN_MAG50: rc = ap_mask_layer(w, NULL, rows, cols, 0.5, mask, NULL); break;
     case RUN_P10: rc = ap_stats_score_percentile(&l, 10.0, &s); break;
+    case RUN_KINDS: break;
     }
     double t = now() - t0;
     if (rc) { fprintf(stderr, "bench_mask: %s\n", ap_prune_strerror(rc)); exit(1); }
@@ -112,7 +126,7 @@ int main(int argc, char **argv) {
   printf("%-24s %-12s %10s %12s %10s %8s\n", "step", "layer", "ms", "ms/Mweight", "GB/s", "ratio");
   for (int si = 0; si < 2; si++) {
     size_t rows = shapes[si][0], cols = shapes[si][1], n = rows * cols;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < RUN_KINDS; k++) {
       double t = time_kind((run_kind)k, w, xsq, rows, cols, mask, repeats);
       /* weights read once; mask bits read (counting) and written. The layer
        * scope and the statistic read the weights several times, but their

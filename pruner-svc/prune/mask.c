@@ -1,4 +1,34 @@
-/* mask.c - Wanda / magnitude / N:M mask growth (contracts in mask.h). */
+/*
+ * mask.c - Wanda / magnitude / N:M mask growth (contracts in mask.h).
+ *
+ * Per-row selection (ap_mask_rows), the step bench/bench_mask measures
+ * against a streaming copy. It must run at memory speed, so the work per
+ * weight is a few vector instructions and the weights are read from memory
+ * once. Two implementations give bit-identical masks:
+ *
+ *   AVX2 (mask_simd.c, chosen at run time; APK_CPU_SIMD=0 turns it off):
+ *   1. 32-64 keys sampled from fixed columns of the row's weights give two
+ *      pivots around rank k (Floyd-Rivest), from all-pairs vector compares.
+ *   2. One pass over the weights computes every key (|w| * norm, the same
+ *      single rounding as the scalar code) into an L1-sized buffer, counts
+ *      the keys below the low pivot and compacts those between the pivots
+ *      (a permute from a 256-entry table per 8 keys), checks for NaN, and
+ *      prefetches the row PREFETCH_ROWS ahead, so memory streams while the
+ *      rest works in cache.
+ *   3. The same sample-and-compact rounds shrink the candidates (about a
+ *      quarter of the row, then a third each round) to 32 keys, ranked
+ *      directly. A bracket that misses rank k is redone into a wider one on
+ *      the right side (exact), heavy duplicates hand over to introselect,
+ *      and a bracket of one value ends the search.
+ *   4. One vector pass marks key < t, then the first `quota` keys equal to
+ *      t in column order (the tie rule of the reference).
+ *   Pruned weights get the largest key, so they are never candidates.
+ *
+ *   Scalar (the reference, select_row_scalar): keys, a histogram of their
+ *   top 12 bits, the bin holding rank k, an exact select inside it, and the
+ *   same marking rule. tests/prune/test_mask_simd.c holds the two to
+ *   identical masks, reports and errors.
+ */
 #include "mask.h"
 
 #include <math.h>
@@ -10,6 +40,7 @@
 #endif
 
 #include "bitmap.h"
+#include "mask_simd.h"
 #include "prune_error.h"
 #include "score.h"
 #include "select.h"
@@ -57,8 +88,8 @@ static void set_run(uint64_t *mask, size_t pos, size_t len) {
 }
 
 /*
- * Per-row selection. A row of scores sits in L1, so the cost is a few cheap
- * passes over it: keys (vectorised), a histogram of the top bits of each key
+ * Per-row selection, scalar. A row of scores sits in L1, so the cost is a
+ * few cheap passes over it: keys (vectorised), a histogram of the top bits of each key
  * (exponent + 4 mantissa bits: 16 bins per octave), a scan to the bin that
  * holds the k-th key, a branch-free copy of that bin's few keys, an exact
  * select among them, and a vectorised compare that writes the mask bits.
@@ -114,21 +145,12 @@ static void mark_le(const uint32_t *keys, size_t cols, uint32_t lim, uint64_t *m
 }
 
 /*
- * One row: grow its pruned count to k. Returns 0, or AP_PRUNE_ENAN.
- * *over is incremented when the row already exceeds k.
+ * Scalar selection for one row (the reference the AVX2 path must match):
+ * prunes the `need` lowest-key surviving weights of the row, 0 < need <
+ * cols - pruned. Returns 0, or AP_PRUNE_ENAN (row left unchanged).
  */
-static int mask_one_row(const float *wrow, const float *norms, size_t cols, size_t k, uint64_t *mask, size_t pos,
-                        row_ws *ws, size_t *over) {
-  size_t pruned = ap_bitmap_count_range(mask, pos, pos + cols);
-  if (pruned >= k) {
-    *over += pruned > k;
-    return AP_PRUNE_OK;
-  }
-  size_t need = k - pruned;
-  if (need == cols - pruned) {
-    set_run(mask, pos, cols);
-    return AP_PRUNE_OK;
-  }
+static int select_row_scalar(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
+                             uint64_t *mask, size_t pos, row_ws *ws) {
   uint32_t *keys = ws->keys, *hist = ws->hist;
   uint32_t kmin = UINT32_MAX, kmax = 0;
   if (norms) {
@@ -145,7 +167,7 @@ static int mask_one_row(const float *wrow, const float *norms, size_t cols, size
   } else {
 #pragma omp simd reduction(min : kmin) reduction(max : kmax)
     for (size_t j = 0; j < cols; j++) {
-      uint32_t key = ap_score_key(wrow[j], 1.0f);
+      uint32_t key = ap_score_bits(fabsf(wrow[j])); /* |w|, not |w| * 1: see nm_row */
       keys[j] = key;
       kmin = key < kmin ? key : kmin;
       kmax = key > kmax ? key : kmax;
@@ -221,37 +243,92 @@ static int check_args(const float *w, size_t rows, size_t cols, const uint64_t *
 
 static int check_target(double t) { return (t >= 0.0 && t <= 1.0) ? AP_PRUNE_OK : AP_PRUNE_EINVAL; }
 
-int ap_mask_rows(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
-                 ap_mask_report *rep) {
+/* Whether the SIMD kernels run for `impl`: 1 yes, 0 no, AP_PRUNE_EINVAL when asked for and absent. */
+static int use_simd(ap_mask_impl impl) {
+  switch (impl) {
+  case AP_MASK_IMPL_SCALAR: return 0;
+  case AP_MASK_IMPL_SIMD: return ap_mask_simd_available() ? 1 : AP_PRUNE_EINVAL;
+  case AP_MASK_IMPL_AUTO: {
+    /* the CPU kernels' switch (kernels/cpu), so one variable turns every SIMD path off */
+    const char *env = getenv("APK_CPU_SIMD");
+    return !(env && strcmp(env, "0") == 0) && ap_mask_simd_available();
+  }
+  }
+  return AP_PRUNE_EINVAL;
+}
+
+int ap_mask_impl_available(ap_mask_impl impl) { return use_simd(impl) >= 0; }
+
+/*
+ * The SIMD path prefetches the weights of the row this many rows ahead
+ * while it reads the current one: the row in between has a whole row's
+ * time to arrive, so the selection work overlaps the memory stream.
+ */
+#define PREFETCH_ROWS 2
+
+/* Rows per scheduled task: whole blocks, ~64 rows, so a thread streams through consecutive rows. */
+static size_t rows_per_task(size_t block) { return block >= 64 ? block : (64 / block) * block; }
+
+typedef struct {
+  row_ws s;
+  ap_simd_row_ws v;
+} rows_ws;
+
+/*
+ * One row: grow its pruned count to k. Returns 0, or AP_PRUNE_ENAN.
+ * *over is incremented when the row already exceeds k.
+ */
+static int mask_one_row(const float *wrow, const float *norms, size_t cols, size_t k, uint64_t *mask, size_t pos,
+                        const float *ahead, int simd, rows_ws *ws, size_t *over) {
+  size_t pruned = simd ? ap_simd_count_range(mask, pos, pos + cols) : ap_bitmap_count_range(mask, pos, pos + cols);
+  if (pruned >= k) {
+    *over += pruned > k;
+    return AP_PRUNE_OK;
+  }
+  size_t need = k - pruned;
+  if (need == cols - pruned) {
+    set_run(mask, pos, cols);
+    return AP_PRUNE_OK;
+  }
+  if (simd) return ap_mask_row_avx2(wrow, norms, cols, pruned, need, mask, pos, ahead, &ws->v);
+  return select_row_scalar(wrow, norms, cols, pruned, need, mask, pos, &ws->s);
+}
+
+int ap_mask_rows_impl(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
+                      ap_mask_report *rep, ap_mask_impl impl) {
   int rc = check_args(w, rows, cols, mask);
   if (!rc) rc = check_target(target);
   if (rc) return rc;
+  int simd = use_simd(impl);
+  if (simd < 0) return simd;
   float *norms = NULL;
   rc = make_norms(xsq, cols, &norms);
   if (rc) return rc;
   size_t n = rows * cols;
   if (rep) rep->pruned_before = ap_bitmap_count(mask, n);
   size_t k = ap_mask_count_target(cols, target);
-  size_t block = rows_per_block(cols);
-  size_t nblocks = (rows + block - 1) / block;
+  size_t task = rows_per_task(rows_per_block(cols));
+  size_t ntasks = (rows + task - 1) / task;
   size_t over = 0;
   int err = AP_PRUNE_OK;
 
 #pragma omp parallel reduction(+ : over) reduction(min : err)
   {
-    row_ws ws;
-    int ok = row_ws_init(&ws, cols) == AP_PRUNE_OK;
+    rows_ws ws = {0};
+    int ok = simd ? ap_simd_row_ws_init(&ws.v, cols) == AP_PRUNE_OK : row_ws_init(&ws.s, cols) == AP_PRUNE_OK;
     if (!ok) err = AP_PRUNE_ENOMEM;
 #pragma omp for schedule(dynamic, 1)
-    for (size_t bi = 0; bi < nblocks; bi++) {
+    for (size_t ti = 0; ti < ntasks; ti++) {
       if (!ok) continue;
-      size_t r_end = (bi + 1) * block < rows ? (bi + 1) * block : rows;
-      for (size_t r = bi * block; r < r_end; r++) {
-        int e = mask_one_row(w + r * cols, norms, cols, k, mask, r * cols, &ws, &over);
+      size_t r_end = (ti + 1) * task < rows ? (ti + 1) * task : rows;
+      for (size_t r = ti * task; r < r_end; r++) {
+        const float *ahead = r + PREFETCH_ROWS < r_end ? w + (r + PREFETCH_ROWS) * cols : NULL;
+        int e = mask_one_row(w + r * cols, norms, cols, k, mask, r * cols, ahead, simd, &ws, &over);
         if (e < err) err = e;
       }
     }
-    row_ws_free(&ws);
+    if (simd) ap_simd_row_ws_free(&ws.v);
+    else row_ws_free(&ws.s);
   }
   free(norms);
   if (rep) {
@@ -259,6 +336,11 @@ int ap_mask_rows(const float *w, const double *xsq, size_t rows, size_t cols, do
     rep->units_over = over;
   }
   return err;
+}
+
+int ap_mask_rows(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
+                 ap_mask_report *rep) {
+  return ap_mask_rows_impl(w, xsq, rows, cols, target, mask, rep, AP_MASK_IMPL_AUTO);
 }
 
 /*
@@ -395,17 +477,18 @@ static inline uint64_t nm4_group_bits(const uint32_t *k, unsigned need) {
 }
 
 /*
- * One row of N:M. Columns go in chunks of whole groups that fit a 64-bit
- * mask word, so the mask is read and written once per chunk. Returns 1 when
+ * One row of N:M, from column `from` (a multiple of m) on. Columns go in
+ * chunks of whole groups that fit a 64-bit mask word, so the mask is read
+ * and written once per chunk. Returns 1 when
  * a surviving weight of a group that needs pruning scores NaN.
  */
-static inline int nm_row(const float *wrow, const float *norms, size_t cols, unsigned n, unsigned m, uint64_t *mask,
-                         size_t pos, size_t *over) {
+static inline int nm_row(const float *wrow, const float *norms, size_t from, size_t cols, unsigned n, unsigned m,
+                         uint64_t *mask, size_t pos, size_t *over) {
   uint32_t keys[64];
   const size_t chunk = (64 / m) * m;
   const uint64_t gmask = m == 64 ? ~(uint64_t)0 : (((uint64_t)1 << m) - 1);
   int nan = 0;
-  for (size_t c0 = 0; c0 < cols; c0 += chunk) {
+  for (size_t c0 = from; c0 < cols; c0 += chunk) {
     unsigned nb = cols - c0 < chunk ? (unsigned)(cols - c0) : (unsigned)chunk;
     uint64_t old = ap_bitmap_load_bits(mask, pos + c0, nb), bits = 0;
     const float *wc = wrow + c0;
@@ -415,7 +498,9 @@ static inline int nm_row(const float *wrow, const float *norms, size_t cols, uns
       for (unsigned i = 0; i < nb; i++) keys[i] = ap_score_key(wc[i], nc[i]);
     } else {
 #pragma omp simd
-      for (unsigned i = 0; i < nb; i++) keys[i] = ap_score_key(wc[i], 1.0f);
+      /* |w| itself: |w| * 1.0f would quiet a signalling NaN, or not, as the
+       * optimiser folds it, and NaN keys order the bits of a NaN group */
+      for (unsigned i = 0; i < nb; i++) keys[i] = ap_score_bits(fabsf(wc[i]));
     }
     for (uint64_t p = old; p; p &= p - 1) keys[__builtin_ctzll(p)] = AP_SCORE_PRUNED_KEY;
     for (unsigned g0 = 0; g0 < nb; g0 += m) {
@@ -437,11 +522,15 @@ static inline int nm_row(const float *wrow, const float *norms, size_t cols, uns
   return nan;
 }
 
-int ap_mask_nm(const float *w, const double *xsq, size_t rows, size_t cols, unsigned n, unsigned m,
-               uint64_t *mask, ap_mask_report *rep) {
+int ap_mask_nm_impl(const float *w, const double *xsq, size_t rows, size_t cols, unsigned n, unsigned m,
+                    uint64_t *mask, ap_mask_report *rep, ap_mask_impl impl) {
   int rc = check_args(w, rows, cols, mask);
   if (!rc) rc = check_nm(n, m);
   if (rc) return rc;
+  int simd = use_simd(impl);
+  if (simd < 0) return simd;
+  /* the vector kernel takes groups that tile a vector of 8 keys; the rest of a row stays scalar */
+  size_t cols8 = simd && (m == 2 || m == 4 || m == 8) ? cols & ~(size_t)7 : 0;
   float *norms = NULL;
   rc = make_norms(xsq, cols, &norms);
   if (rc) return rc;
@@ -455,8 +544,10 @@ int ap_mask_nm(const float *w, const double *xsq, size_t rows, size_t cols, unsi
 #pragma omp parallel for schedule(static) reduction(+ : over) reduction(| : nan)
   for (size_t bi = 0; bi < nblocks; bi++) {
     size_t r_end = (bi + 1) * block < rows ? (bi + 1) * block : rows;
-    for (size_t r = bi * block; r < r_end; r++)
-      nan |= nm_row(w + r * cols, norms, cols, n, m, mask, r * cols, &over);
+    for (size_t r = bi * block; r < r_end; r++) {
+      if (cols8) nan |= ap_mask_nm_row_avx2(w + r * cols, norms, cols8, n, m, mask, r * cols, &over);
+      if (cols8 < cols) nan |= nm_row(w + r * cols, norms, cols8, cols, n, m, mask, r * cols, &over);
+    }
   }
   free(norms);
   if (rep) {
@@ -464,6 +555,11 @@ int ap_mask_nm(const float *w, const double *xsq, size_t rows, size_t cols, unsi
     rep->units_over = over;
   }
   return nan ? AP_PRUNE_ENAN : AP_PRUNE_OK;
+}
+
+int ap_mask_nm(const float *w, const double *xsq, size_t rows, size_t cols, unsigned n, unsigned m,
+               uint64_t *mask, ap_mask_report *rep) {
+  return ap_mask_nm_impl(w, xsq, rows, cols, n, m, mask, rep, AP_MASK_IMPL_AUTO);
 }
 
 int ap_mask_check_nm(const uint64_t *mask, size_t rows, size_t cols, unsigned n, unsigned m,

@@ -77,6 +77,36 @@ int ap_mask_rows(const float *w, const double *xsq, size_t rows, size_t cols, do
                  ap_mask_report *rep);
 
 /*
+ * Which implementation of the per-row (and N:M) selection runs. Both give
+ * bit-identical masks; the choice only changes speed.
+ *   AP_MASK_IMPL_AUTO:   AVX2 when the CPU has it (checked at run time),
+ *                        unless the environment has APK_CPU_SIMD=0 (the CPU
+ *                        kernels' switch), else scalar. What ap_mask_rows uses.
+ *   AP_MASK_IMPL_SCALAR: the portable reference.
+ *   AP_MASK_IMPL_SIMD:   AVX2; AP_PRUNE_EINVAL where it is not available.
+ */
+typedef enum { AP_MASK_IMPL_AUTO = 0, AP_MASK_IMPL_SCALAR = 1, AP_MASK_IMPL_SIMD = 2 } ap_mask_impl;
+
+/* 1 when `impl` can run on this machine (AUTO and SCALAR always can), else 0. */
+int ap_mask_impl_available(ap_mask_impl impl);
+
+/*
+ * ap_mask_rows with an explicit implementation (tests and benchmarks).
+ * Errors: those of ap_mask_rows, and AP_PRUNE_EINVAL for AP_MASK_IMPL_SIMD
+ * on a machine without it or an unknown impl.
+ */
+int ap_mask_rows_impl(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
+                      ap_mask_report *rep, ap_mask_impl impl);
+
+/*
+ * ap_mask_nm with an explicit implementation (the SIMD one covers m = 2, 4
+ * and 8; other m run scalar under any impl). Errors: those of ap_mask_nm,
+ * and AP_PRUNE_EINVAL as for ap_mask_rows_impl.
+ */
+int ap_mask_nm_impl(const float *w, const double *xsq, size_t rows, size_t cols, unsigned n, unsigned m,
+                    uint64_t *mask, ap_mask_report *rep, ap_mask_impl impl);
+
+/*
  * Whole-matrix comparison group: prune surviving weights in increasing
  * score order until the layer has ap_mask_count_target(rows*cols, target)
  * pruned. With xsq == NULL this is locuslab/wanda's prune_magnitude

@@ -1,0 +1,62 @@
+/*
+ * mask_simd.h - the AVX2 kernels behind ap_mask_rows and ap_mask_nm
+ * (internal to ap_prune; the contracts are those of mask.h).
+ *
+ * mask.c keeps the portable scalar implementation and calls these only when
+ * ap_mask_simd_available() says the CPU has the instructions. Both produce
+ * bit-identical masks: same float score (one IEEE multiply, |w| * norm, no
+ * contraction possible), same order (score, then column), same tie rule.
+ *
+ * Keys inside these kernels: a surviving weight's score bits (sign bit clear,
+ * so signed 32-bit compares order them), a pruned weight AP_SIMD_PRUNED_KEY
+ * (INT32_MAX, above every score; a NaN score is reported before any key is
+ * ordered, so the two never meet).
+ */
+#ifndef AP_MASK_SIMD_H
+#define AP_MASK_SIMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AP_SIMD_PRUNED_KEY 0x7fffffffu
+
+/* 1 when this build and CPU run the AVX2 kernels (AVX2 and POPCNT), else 0. */
+int ap_mask_simd_available(void);
+
+/* Scratch of one thread for ap_mask_row_avx2: three buffers of cols + 8 keys, the first sample's columns. */
+typedef struct {
+  uint32_t *keys, *a, *b;
+  size_t s1;         /* first-round sample size (32 or 64) */
+  uint32_t pos1[64]; /* its columns, the same for every row */
+} ap_simd_row_ws;
+
+/* Allocates / frees the scratch. init returns AP_PRUNE_OK or AP_PRUNE_ENOMEM (free is then still safe). */
+int ap_simd_row_ws_init(ap_simd_row_ws *ws, size_t cols);
+void ap_simd_row_ws_free(ap_simd_row_ws *ws);
+
+/* Set bits among bits [begin, end) of a mask (ap_bitmap_count_range with POPCNT). */
+size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end);
+
+/*
+ * One row of ap_mask_rows: prunes the `need` lowest-key surviving weights of
+ * wrow[0..cols) (mask bits pos..pos+cols, `pruned` of them set on entry,
+ * 0 < need < cols - pruned). norms NULL = magnitude. ahead, when not
+ * NULL, is a row (of cols weights) the caller handles soon: it is
+ * prefetched while this row is read, so the memory stream does not stall.
+ * Returns AP_PRUNE_OK, or AP_PRUNE_ENAN (a surviving weight scores NaN; the
+ * row is left unchanged).
+ */
+int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
+                     uint64_t *mask, size_t pos, const float *ahead, ap_simd_row_ws *ws);
+
+/*
+ * One row of ap_mask_nm for m in {2, 4, 8}, over its first cols8 columns
+ * (a multiple of 8, so whole groups; the caller does the rest). Same
+ * result, *over count and NaN rule as the scalar code: returns 1 when a
+ * surviving weight of a group that needs pruning scores NaN (that group's
+ * bits are still written, as the scalar code does), else 0.
+ */
+int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8, unsigned n, unsigned m, uint64_t *mask,
+                        size_t pos, size_t *over);
+
+#endif
