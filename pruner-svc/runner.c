@@ -1300,7 +1300,7 @@ static void run_job(pruner *p, job_runner *r) {
          "cancelled at iteration %u; the last accepted checkpoint is kept", j.state.iteration);
   } else {
     j.status = AGENTPRUNE__V1__JOB_STATUS__JOB_STATUS_FAILED;
-    snprintf(j.error, sizeof j.error, "%s", err);
+    snprintf(j.error, sizeof j.error, "%.500s", err); /* err may be longer than the record holds */
     emit(&j, AGENTPRUNE__V1__JOB_EVENT_TYPE__JOB_EVENT_FAILED, 0, "failed (%s): %s", ap_status_name(rc), err);
   }
   ap_rpc_client_free(j.agent);

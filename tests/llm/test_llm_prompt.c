@@ -269,6 +269,13 @@ static void test_probe_history(void) {
   CHECK(user && strstr(user, "plans measured by rollout, no mask changed: b0/owl/even ppl 20.250 at sparsity 0.5000;"));
   CHECK(user && !strstr(user, "\x1b")); /* labels are sanitised like every text from the history */
   free(user);
+  for (size_t k = 0; k < o->n_probe_results; k++) { /* fx_free does not know probe results */
+    free(o->probe_results[k]->label);
+    free(o->probe_results[k]);
+  }
+  free(o->probe_results);
+  o->probe_results = NULL;
+  o->n_probe_results = 0;
   fx_free(&f);
 }
 
