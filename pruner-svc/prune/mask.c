@@ -264,7 +264,7 @@ int ap_mask_impl_available(ap_mask_impl impl) { return use_simd(impl) >= 0; }
  * while it reads the current one: the row in between has a whole row's
  * time to arrive, so the selection work overlaps the memory stream.
  */
-#define PREFETCH_ROWS 2
+#define PREFETCH_ROWS 1
 
 /* Rows per scheduled task: whole blocks, ~64 rows, so a thread streams through consecutive rows. */
 static size_t rows_per_task(size_t block) { return block >= 64 ? block : (64 / block) * block; }

@@ -48,8 +48,6 @@ void ap_simd_row_ws_free(ap_simd_row_ws *ws) {
 #define AVX2 __attribute__((target("avx2,popcnt")))
 #define AVX2_INLINE __attribute__((target("avx2,popcnt"), always_inline)) static inline
 
-/* Below this many keys a set is ranked directly (quadratic but vectorised and branch-free). */
-#define RANK_MAX 64
 
 /*
  * Compaction table: for an 8-bit lane mask, the indices of the set lanes
@@ -126,37 +124,104 @@ static void first_sample_positions(ap_simd_row_ws *ws, size_t cols) {
 }
 
 /*
- * The q[0..3]-th smallest (0-based) of x[0..s) into o[0..3], s a multiple
- * of 8 and at most RANK_MAX. With lt_i = #{j : x_j < x_i}, the q-th smallest
- * is max{x_i : lt_i <= q}: every larger key has more than q keys below it.
- * Quadratic, but s is small and it is all vector compares, no branches.
+ * Sorting a sample: a bitonic network on 4 (or 8) registers of 8 keys,
+ * signed order (every key lies in [0, INT32_MAX]). Columns first (a 4-key
+ * network across the registers), a 4x4 transpose per 128-bit half, then
+ * bitonic merges: 4+4 inside a register, 8+8 and 16+16 across registers
+ * (32+32 for 64 keys). About 180 instructions for 32 keys, no branches.
  */
-AVX2 static void rank_select4(const uint32_t *x, size_t s, const size_t q[4], uint32_t o[4]) {
-  __m256i vq[4], best[4];
-  for (int i = 0; i < 4; i++) {
-    vq[i] = _mm256_set1_epi32((int)q[i] + 1);
-    best[i] = _mm256_setzero_si256();
-  }
-  for (size_t i = 0; i < s; i += 16) {
-    /* two vectors of x_i per sweep over x_j: half the broadcasts */
-    __m256i xa = _mm256_loadu_si256((const __m256i *)(const void *)(x + i));
-    __m256i xb = i + 8 < s ? _mm256_loadu_si256((const __m256i *)(const void *)(x + i + 8)) : xa;
-    __m256i la0 = _mm256_setzero_si256(), la1 = la0, lb0 = la0, lb1 = la0;
-    for (size_t j = 0; j < s; j += 2) {
-      __m256i y0 = _mm256_set1_epi32((int)x[j]), y1 = _mm256_set1_epi32((int)x[j + 1]);
-      la0 = _mm256_sub_epi32(la0, _mm256_cmpgt_epi32(xa, y0));
-      lb0 = _mm256_sub_epi32(lb0, _mm256_cmpgt_epi32(xb, y0));
-      la1 = _mm256_sub_epi32(la1, _mm256_cmpgt_epi32(xa, y1));
-      lb1 = _mm256_sub_epi32(lb1, _mm256_cmpgt_epi32(xb, y1));
-    }
-    __m256i la = _mm256_add_epi32(la0, la1), lb = _mm256_add_epi32(lb0, lb1);
-    for (int k = 0; k < 4; k++) {
-      best[k] = _mm256_max_epi32(best[k], _mm256_and_si256(_mm256_cmpgt_epi32(vq[k], la), xa));
-      best[k] = _mm256_max_epi32(best[k], _mm256_and_si256(_mm256_cmpgt_epi32(vq[k], lb), xb));
-    }
-  }
-  for (int k = 0; k < 4; k++) o[k] = hmax_epi32(best[k]);
+#define CX(a, b)                       \
+  do {                                 \
+    __m256i t_ = _mm256_min_epi32(a, b); \
+    b = _mm256_max_epi32(a, b);        \
+    a = t_;                            \
+  } while (0)
+
+/* Sorts a register that holds a bitonic sequence of 8 (the half-cleaners at distances 4, 2, 1). */
+AVX2_INLINE __m256i bitonic_clean8(__m256i v) {
+  __m256i sw = _mm256_permute2x128_si256(v, v, 1);
+  v = _mm256_blend_epi32(_mm256_min_epi32(v, sw), _mm256_max_epi32(v, sw), 0xf0);
+  sw = _mm256_shuffle_epi32(v, 0x4e);
+  v = _mm256_blend_epi32(_mm256_min_epi32(v, sw), _mm256_max_epi32(v, sw), 0xcc);
+  sw = _mm256_shuffle_epi32(v, 0xb1);
+  return _mm256_blend_epi32(_mm256_min_epi32(v, sw), _mm256_max_epi32(v, sw), 0xaa);
 }
+
+AVX2_INLINE __m256i reverse8(__m256i v) { return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
+
+/* Merges two sorted registers into the sorted 16 (*a low, *b high). */
+AVX2_INLINE void merge8x2(__m256i *a, __m256i *b) {
+  __m256i r = reverse8(*b);
+  __m256i lo = _mm256_min_epi32(*a, r), hi = _mm256_max_epi32(*a, r);
+  *a = bitonic_clean8(lo);
+  *b = bitonic_clean8(hi);
+}
+
+/* Sorts 32 keys held in 4 registers (r[0] smallest). */
+AVX2_INLINE void sort32_regs(__m256i r[4]) {
+  CX(r[0], r[1]);
+  CX(r[2], r[3]);
+  CX(r[0], r[2]);
+  CX(r[1], r[3]);
+  CX(r[1], r[2]);
+  /* every column is sorted: transpose so that each 128-bit half holds one column */
+  __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+  __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+  r[0] = _mm256_unpacklo_epi64(t0, t2);
+  r[1] = _mm256_unpackhi_epi64(t0, t2);
+  r[2] = _mm256_unpacklo_epi64(t1, t3);
+  r[3] = _mm256_unpackhi_epi64(t1, t3);
+  /* two sorted runs of 4 per register: reverse the upper one, then clean */
+  const __m256i rev_hi = _mm256_setr_epi32(0, 1, 2, 3, 7, 6, 5, 4);
+  for (int i = 0; i < 4; i++) r[i] = bitonic_clean8(_mm256_permutevar8x32_epi32(r[i], rev_hi));
+  merge8x2(&r[0], &r[1]);
+  merge8x2(&r[2], &r[3]);
+  /* 16 + 16: reverse the second run, compare, then clean each bitonic half */
+  __m256i b0 = reverse8(r[3]), b1 = reverse8(r[2]);
+  __m256i l0 = _mm256_min_epi32(r[0], b0), h0 = _mm256_max_epi32(r[0], b0);
+  __m256i l1 = _mm256_min_epi32(r[1], b1), h1 = _mm256_max_epi32(r[1], b1);
+  CX(l0, l1);
+  CX(h0, h1);
+  r[0] = bitonic_clean8(l0);
+  r[1] = bitonic_clean8(l1);
+  r[2] = bitonic_clean8(h0);
+  r[3] = bitonic_clean8(h1);
+}
+
+/* Sorts x[0..s) in place, s = 32 or 64. */
+AVX2 static void sort_sample(uint32_t *x, size_t s) {
+  __m256i r[8];
+  for (size_t i = 0; i < s / 8; i++) r[i] = _mm256_loadu_si256((const __m256i *)(const void *)(x + 8 * i));
+  sort32_regs(r);
+  if (s == 64) {
+    sort32_regs(r + 4);
+    /* 32 + 32: reverse the second run, compare, then clean each bitonic 32 */
+    for (int i = 0; i < 4; i++) {
+      __m256i b = reverse8(r[7 - i]);
+      __m256i lo = _mm256_min_epi32(r[i], b), hi = _mm256_max_epi32(r[i], b);
+      r[i] = lo;
+      r[7 - i] = hi;
+    }
+    /* r[4..7] now hold the upper half in reversed register order: restore it */
+    __m256i t = r[4];
+    r[4] = r[7];
+    r[7] = t;
+    t = r[5];
+    r[5] = r[6];
+    r[6] = t;
+    for (int h = 0; h < 8; h += 4) {
+      CX(r[h], r[h + 2]);
+      CX(r[h + 1], r[h + 3]);
+      CX(r[h], r[h + 1]);
+      CX(r[h + 2], r[h + 3]);
+      for (int i = h; i < h + 4; i++) r[i] = bitonic_clean8(r[i]);
+    }
+  }
+  for (size_t i = 0; i < s / 8; i++) _mm256_storeu_si256((__m256i *)(void *)(x + 8 * i), r[i]);
+}
+#undef CX
+
+void ap_simd_sort_sample(uint32_t *x, size_t s) { sort_sample(x, s); }
 
 /*
  * Pivots for one round: the inner bracket [lo, hi] that should hold the
@@ -175,36 +240,44 @@ typedef struct {
  * more pass, usually into the outer bracket. Single precision and an integer
  * floor/ceil keep the arithmetic off libm; the margins need not be exact.
  */
-AVX2 static bracket sample_bracket(const uint32_t *x, size_t s, size_t r, size_t m) {
+AVX2 static bracket sample_bracket(uint32_t *x, size_t s, size_t r, size_t m) {
   float p = ((float)r + 0.5f) / (float)m, q = p * (float)s;
   float d = 1.5f * sqrtf((float)s * p * (1.0f - p)) + 1.0f;
   float e[4] = {q - 3.0f * d, q - d, q + d, q + 3.0f * d};
   long qi[4];
-  size_t qs[4];
-  uint32_t o[4];
   for (int k = 0; k < 4; k++) {
     long t = (long)e[k]; /* truncation toward zero, then floor (k < 2) or ceil (k >= 2) */
     qi[k] = k < 2 ? t - ((float)t > e[k]) : t + ((float)t < e[k]);
-    qs[k] = qi[k] < 0 ? 0 : qi[k] > (long)s - 1 ? s - 1 : (size_t)qi[k];
   }
-  rank_select4(x, s, qs, o);
+  sort_sample(x, s);
   bracket b;
-  b.lo2 = qi[0] > 0 ? o[0] : 0;
-  b.lo = qi[1] > 0 ? o[1] : 0;
-  b.hi = qi[2] < (long)s - 1 ? o[2] : AP_SIMD_PRUNED_KEY;
-  b.hi2 = qi[3] < (long)s - 1 ? o[3] : AP_SIMD_PRUNED_KEY;
+  b.lo2 = qi[0] > 0 ? x[qi[0]] : 0;
+  b.lo = qi[1] > 0 ? x[qi[1]] : 0;
+  b.hi = qi[2] < (long)s - 1 ? x[qi[2]] : AP_SIMD_PRUNED_KEY;
+  b.hi2 = qi[3] < (long)s - 1 ? x[qi[3]] : AP_SIMD_PRUNED_KEY;
   return b;
 }
 
-/* One bracket step on 8 keys: count those below lo, append those in [lo, hi] to out at *c. */
-AVX2_INLINE __m256i bracket8(__m256i k, __m256i vlo, __m256i vhi, __m256i cnt, uint32_t *out, size_t *c) {
-  __m256i lt = _mm256_cmpgt_epi32(vlo, k);
-  __m256i outside = _mm256_or_si256(lt, _mm256_cmpgt_epi32(k, vhi));
-  unsigned keep = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(outside)) & 0xffu;
+/*
+ * One bracket step on 8 keys: append those in [lo, hi] to out at *c and
+ * count those at or above lo (vlo1 = lo - 1: two compares and an andnot give
+ * the lanes to keep, and the count needs no extra compare).
+ */
+AVX2_INLINE __m256i bracket8(__m256i k, __m256i vlo1, __m256i vhi, __m256i ge_cnt, uint32_t *out, size_t *c) {
+  __m256i ge = _mm256_cmpgt_epi32(k, vlo1);
+  __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(k, vhi), ge);
+  unsigned keep = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(inside));
   __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)&compact_lut[keep]));
   _mm256_storeu_si256((__m256i *)(void *)(out + *c), _mm256_permutevar8x32_epi32(k, perm));
   *c += (size_t)__builtin_popcount(keep);
-  return _mm256_sub_epi32(cnt, lt);
+  return _mm256_sub_epi32(ge_cnt, ge);
+}
+
+AVX2_INLINE uint32_t hmax_epu32(__m256i v) {
+  __m128i s = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_max_epu32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_max_epu32(s, _mm_shuffle_epi32(s, 0xb1));
+  return (uint32_t)_mm_cvtsi128_si32(s);
 }
 
 /*
@@ -221,31 +294,33 @@ AVX2_INLINE size_t keys_bracket_impl(const float *w, const float *norms, size_t 
                                      uint32_t *out, size_t *below, int *nan, pf_cursor *pf) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
-  const __m256i vlo = _mm256_set1_epi32((int)lo), vhi = _mm256_set1_epi32((int)hi);
-  __m256i vnan = _mm256_setzero_si256(), cnt = _mm256_setzero_si256();
-  size_t c = 0, b_tail = 0;
+  const __m256i vlo1 = _mm256_set1_epi32((int)lo - 1), vhi = _mm256_set1_epi32((int)hi);
+  /* NaN test: the unsigned maximum of the surviving keys is above +inf only
+   * for a NaN, of either sign (inf * 0 gives the default NaN, sign bit set) */
+  __m256i vmax = _mm256_setzero_si256(), ge_cnt = _mm256_setzero_si256();
+  size_t c = 0, b_tail = 0, vec = 0;
   int nan_tail = 0;
   for (size_t c0 = 0; c0 < cols; c0 += 64) {
     unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
     uint64_t bits = has_pruned ? ap_bitmap_load_bits(mask, pos + c0, nb) : 0;
     size_t j = c0, end8 = c0 + (nb & ~7u);
-    pf_lines(pf, 1);
+    pf_lines(pf, 2);
     for (; j < end8; j += 8) {
       __m256 a = _mm256_and_ps(_mm256_loadu_ps(w + j), absm);
       if (norms) a = _mm256_mul_ps(a, _mm256_loadu_ps(norms + j));
-      /* a float compare: inf * 0 is the default NaN, sign bit set, below +inf as an int */
-      __m256i bad = _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q));
       __m256i k = _mm256_castps_si256(a);
       if (has_pruned) {
         __m256i p = lanes_of_bits((unsigned)(bits & 0xff));
         bits >>= 8;
-        bad = _mm256_andnot_si256(p, bad);
+        vmax = _mm256_max_epu32(vmax, _mm256_andnot_si256(p, k));
         k = _mm256_blendv_epi8(k, pk, p); /* not an OR: a NaN key may have its sign bit set */
+      } else {
+        vmax = _mm256_max_epu32(vmax, k);
       }
-      vnan = _mm256_or_si256(vnan, bad);
       _mm256_storeu_si256((__m256i *)(void *)(keys + j), k);
-      cnt = bracket8(k, vlo, vhi, cnt, out, &c);
+      ge_cnt = bracket8(k, vlo1, vhi, ge_cnt, out, &c);
     }
+    vec += end8 - c0;
     for (; j < c0 + nb; j++, bits >>= 1) {
       uint32_t k = ap_score_bits(norms ? fabsf(w[j]) * norms[j] : fabsf(w[j]));
       if (bits & 1) k = AP_SIMD_PRUNED_KEY;
@@ -256,8 +331,8 @@ AVX2_INLINE size_t keys_bracket_impl(const float *w, const float *norms, size_t 
       c += (k >= lo) & (k <= hi);
     }
   }
-  *nan = nan_tail || !_mm256_testz_si256(vnan, vnan);
-  *below = hsum_epi32(cnt) + b_tail;
+  *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
+  *below = vec - hsum_epi32(ge_cnt) + b_tail;
   return c;
 }
 
@@ -273,14 +348,14 @@ AVX2 static size_t keys_bracket(const float *w, const float *norms, size_t cols,
 /* The same bracket pass over keys already computed (in may not alias out). */
 AVX2 static size_t bracket_pass(const uint32_t *in, size_t m, uint32_t lo, uint32_t hi, uint32_t *out,
                                 size_t *below, pf_cursor *pf) {
-  const __m256i vlo = _mm256_set1_epi32((int)lo), vhi = _mm256_set1_epi32((int)hi);
-  __m256i cnt = _mm256_setzero_si256();
+  const __m256i vlo1 = _mm256_set1_epi32((int)lo - 1), vhi = _mm256_set1_epi32((int)hi);
+  __m256i ge_cnt = _mm256_setzero_si256();
   size_t c = 0, j = 0;
   for (; j + 8 <= m; j += 8) {
-    if (!(j & 63)) pf_lines(pf, 1);
-    cnt = bracket8(_mm256_loadu_si256((const __m256i *)(const void *)(in + j)), vlo, vhi, cnt, out, &c);
+    if (!(j & 31)) pf_lines(pf, 1);
+    ge_cnt = bracket8(_mm256_loadu_si256((const __m256i *)(const void *)(in + j)), vlo1, vhi, ge_cnt, out, &c);
   }
-  size_t b = hsum_epi32(cnt);
+  size_t b = j - hsum_epi32(ge_cnt);
   for (; j < m; j++) {
     uint32_t v = in[j];
     b += v < lo;
@@ -334,19 +409,12 @@ AVX2 static void count_lt_eq(const uint32_t *a, size_t m, uint32_t t, size_t *lt
   *eq = ne;
 }
 
-/* Pseudo-random 32-bit offsets for the stratified samples of later rounds (fixed: reproducible). */
-static const uint32_t sample_jitter[32] = {
-    0x8f1bbcdcu, 0x2a3d6e51u, 0xd4c7a1f3u, 0x5e0b9a27u, 0xb3f4c06du, 0x17a95e82u, 0xe86d2b49u, 0x41c0f7b5u,
-    0x9c2e4a1du, 0x6b5f83c0u, 0x0ed71c64u, 0xc3a6f912u, 0x7490d5abu, 0x28e13b7fu, 0xf1527e08u, 0x56b8a2e4u,
-    0xa71d64c9u, 0x3c8ef015u, 0xde43978au, 0x62fa1b3eu, 0x0b85c6d1u, 0xc96e2f47u, 0x4f37a8bcu, 0x95d04163u,
-    0x1ae9fd2cu, 0xe0725398u, 0x79cb8e05u, 0x33146af1u, 0xbd5f2c7au, 0x06a3e49fu, 0x8842b716u, 0x5cf90d83u};
-
 /*
  * Continues a selection: the r-th smallest (0-based) of cur[0..m), with
  * *less / *equal the keys below / equal to it among them (m >= 1, r < m).
  * cur is one of a, b (m + 8 keys each); the rounds ping-pong between them.
  *
- * Floyd-Rivest rounds: a stratified sample of 32 keys gives two pivots that
+ * Floyd-Rivest rounds: a stratified sample of 32-64 keys gives two pivots that
  * bracket rank r with a margin of about two standard deviations; one vector
  * pass counts the keys below the bracket and compacts those inside. Every
  * key equal to the answer lies inside every bracket, so the last set still
@@ -357,10 +425,17 @@ static const uint32_t sample_jitter[32] = {
 AVX2 static uint32_t select_rounds(uint32_t *cur, size_t m, size_t r, uint32_t *a, uint32_t *b, size_t *less,
                                    size_t *equal, pf_cursor *pf) {
   size_t base = 0;
-  uint32_t sample[32], t;
-  while (m > 32) {
-    for (size_t i = 0; i < 32; i++) sample[i] = cur[(i * m + (((uint64_t)sample_jitter[i] * m) >> 32)) >> 5];
-    bracket bk = sample_bracket(sample, 32, r, m);
+  uint32_t sample[64], t;
+  while (m > 64) {
+    /* 64 keys while the set is large (a narrower bracket saves a round), 32 after */
+    unsigned lg = m >= 256 ? 6 : 5;
+    size_t s = (size_t)1 << lg;
+    for (size_t i = 0; i < s; i++) {
+      /* one key from each of s equal slices, at a fixed pseudo-random offset (Fibonacci hashing) */
+      uint64_t jitter = ((i + 1) * 0x9E3779B97F4A7C15ull) >> 32;
+      sample[i] = cur[(i * m + ((jitter * m) >> 32)) >> lg];
+    }
+    bracket bk = sample_bracket(sample, s, r, m);
     uint32_t *out = cur == a ? b : a;
     pf_lines(pf, 2); /* for the sample and its ranks */
     size_t below, c = bracket_pass(cur, m, bk.lo, bk.hi, out, &below, pf);
@@ -382,13 +457,12 @@ AVX2 static uint32_t select_rounds(uint32_t *cur, size_t m, size_t r, uint32_t *
     cur = out;
     m = c;
   }
-  /* small: rank directly, padding with the largest key (never the answer) */
-  size_t m8 = (m + 7) & ~(size_t)7;
-  for (size_t i = m; i < m8; i++) cur[i] = AP_SIMD_PRUNED_KEY;
-  const size_t q[4] = {r, r, r, r};
-  uint32_t o[4];
-  rank_select4(cur, m8, q, o);
-  t = o[0];
+  /* small: sort it, padded with the largest key (never the answer) */
+  size_t s = m <= 32 ? 32 : 64;
+  memcpy(sample, cur, m * sizeof *cur);
+  for (size_t i = m; i < s; i++) sample[i] = AP_SIMD_PRUNED_KEY;
+  sort_sample(sample, s);
+  t = sample[r];
   count_lt_eq(cur, m, t, less, equal);
   *less += base;
   return t;
@@ -505,43 +579,54 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
 
 /*
  * N:M, m in {2, 4, 8}: a group never straddles a vector of 8 keys, so the
- * rank of every key inside its group is m-1 compares against rotated copies
- * of the vector (a lane-index permute per rotation), with the tie rule of
- * the scalar code: key j is ordered before key i when k_j < k_i, or k_j ==
- * k_i and j < i. The scalar code orders the keys as unsigned integers
- * (pruned weights 0xffffffff, NaN just below); flipping the sign bit gives
- * the same order under signed vector compares, NaN groups included, whose
- * bits the scalar code also writes before it reports the error.
+ * rank of every key inside its group counts the keys ordered before it,
+ * from compares against rotated copies of the vector, with the tie rule of the scalar code: key j is ordered
+ * before key i when k_j < k_i, or k_j == k_i and j < i. The scalar code
+ * orders the keys as unsigned integers (pruned weights 0xffffffff, NaN just
+ * below); flipping the sign bit gives the same order under signed vector
+ * compares, NaN groups included, whose bits the scalar code also writes
+ * before it reports the error.
  */
 
-/* Lane permutes and tie masks for rotation s of groups of m lanes (0 < s < m). */
-static void nm_rotation(unsigned m, unsigned s, int32_t idx[8], int32_t tie[8]) {
-  for (unsigned i = 0; i < 8; i++) {
-    unsigned base = i & ~(m - 1), off = i & (m - 1);
-    idx[i] = (int32_t)(base + (off + s) % m);
-    tie[i] = off + s >= m ? -1 : 0; /* the compared key has the lower column */
+/* Weights prefetched ahead of the N:M pass (rows are contiguous, so into the next row). */
+#define NM_PREFETCH 2048
+
+/* x rotated by s inside groups of m lanes: lane i gets the key of lane (i + s) mod m of its group. */
+AVX2_INLINE __m256i nm_rot(__m256i x, unsigned m, unsigned s) {
+  if (m == 2) return _mm256_shuffle_epi32(x, 0xb1);
+  if (m == 4) {
+    if (s == 1) return _mm256_shuffle_epi32(x, 0x39);
+    if (s == 2) return _mm256_shuffle_epi32(x, 0x4e);
+    return _mm256_shuffle_epi32(x, 0x93);
   }
+  return _mm256_permutevar8x32_epi32(x, _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                                         _mm256_set1_epi32((int)s)) /* vpermd reads idx mod 8 */);
 }
 
-AVX2 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8, unsigned n, unsigned m,
-                             uint64_t *mask, size_t pos, size_t *over) {
-  __m256i idx[7], tie[7];
-  for (unsigned s = 1; s < m; s++) {
-    int32_t a[8], b[8];
-    nm_rotation(m, s, a, b);
-    idx[s - 1] = _mm256_loadu_si256((const __m256i *)(const void *)a);
-    tie[s - 1] = _mm256_loadu_si256((const __m256i *)(const void *)b);
-  }
+/* All lanes set where the rotated key (lane (i + s) mod m) has the lower column, i.e. i mod m >= m - s. */
+AVX2_INLINE __m256i nm_tie(unsigned m, unsigned s) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i off = _mm256_and_si256(lane, _mm256_set1_epi32((int)m - 1));
+  return _mm256_cmpgt_epi32(off, _mm256_set1_epi32((int)(m - s) - 1));
+}
+
+/* The kernel for one constant m (inlined three times, so the rotations are immediates). */
+AVX2_INLINE int nm_row_m(const float *wrow, const float *norms, size_t cols8, unsigned n, const unsigned m,
+                         uint64_t *mask, size_t pos, size_t *over) {
+  __m256i tie[4];
+  for (unsigned s = 1; 2 * s <= m; s++) tie[s - 1] = nm_tie(m, s);
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i bias = _mm256_set1_epi32(INT32_MIN);
   const __m256i pk = _mm256_set1_epi32(INT32_MAX); /* 0xffffffff, the scalar pruned key, biased */
   const __m256i infb = _mm256_set1_epi32((int)(AP_SCORE_INF_KEY ^ 0x80000000u));
-  const __m256i nv = _mm256_set1_epi32((int)n), zero = _mm256_setzero_si256();
+  const __m256i nv = _mm256_set1_epi32((int)n), zero = _mm256_setzero_si256(), ones = _mm256_set1_epi32(-1);
   __m256i vnan = zero;
   size_t ov = 0;
   for (size_t c0 = 0; c0 < cols8; c0 += 64) {
     unsigned nb = cols8 - c0 < 64 ? (unsigned)(cols8 - c0) : 64; /* a multiple of 8 */
     uint64_t old = ap_bitmap_load_bits(mask, pos + c0, nb), bits = 0;
+    /* a prefetch past the end of the matrix is harmless: it never faults */
+    for (unsigned l = 0; l < 256; l += 64) _mm_prefetch((const char *)(wrow + c0 + NM_PREFETCH) + l, _MM_HINT_T0);
     for (unsigned v = 0; v < nb; v += 8) {
       size_t j = c0 + v;
       /* the scalar key: |w| * norm, or |w| itself for magnitude (NaN payloads included) */
@@ -552,7 +637,7 @@ AVX2 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8
       unsigned pb = (unsigned)(old >> v) & 0xffu;
       if (pb) {
         __m256i p = lanes_of_bits(pb), have = p; /* minus the pruned count of each lane's group */
-        for (unsigned s = 1; s < m; s++) have = _mm256_add_epi32(have, _mm256_permutevar8x32_epi32(p, idx[s - 1]));
+        for (unsigned s = 1; s < m; s++) have = _mm256_add_epi32(have, nm_rot(p, m, s));
         x = _mm256_blendv_epi8(x, pk, p);
         need = _mm256_max_epi32(_mm256_add_epi32(nv, have), zero);
         /* groups over their n: every lane of such a group is counted, m per group */
@@ -561,10 +646,13 @@ AVX2 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8
         live = _mm256_andnot_si256(p, need);
       }
       __m256i rank = zero;
-      for (unsigned s = 1; s < m; s++) {
-        __m256i y = _mm256_permutevar8x32_epi32(x, idx[s - 1]);
+      for (unsigned s = 1; 2 * s <= m; s++) {
+        __m256i y = nm_rot(x, m, s);
         __m256i before = _mm256_or_si256(_mm256_cmpgt_epi32(x, y), _mm256_and_si256(_mm256_cmpeq_epi32(x, y), tie[s - 1]));
         rank = _mm256_sub_epi32(rank, before);
+        /* rotation m - s compares the same pairs the other way round, and
+         * (key, column) is a strict order: its answer is the negation, moved */
+        if (2 * s < m) rank = _mm256_sub_epi32(rank, _mm256_xor_si256(nm_rot(before, m, m - s), ones));
       }
       bits |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(need, rank))) << v;
       /* NaN among the surviving keys of a group that needs pruning */
@@ -576,16 +664,13 @@ AVX2 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8
   return !_mm256_testz_si256(vnan, vnan);
 }
 
-/*
- * N:M, m in {2, 4, 8}: a group never straddles a vector of 8 keys, so the
- * rank of every key inside its group is m-1 compares against rotated copies
- * of the vector (a lane-index permute per rotation), with the tie rule of
- * the scalar code: key j is ordered before key i when k_j < k_i, or k_j ==
- * k_i and j < i. The scalar code orders the keys as unsigned integers
- * (pruned weights 0xffffffff, NaN just below); flipping the sign bit gives
- * the same order under signed vector compares, NaN groups included, whose
- * bits the scalar code also writes before it reports the error.
- */
+AVX2 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8, unsigned n, unsigned m,
+                             uint64_t *mask, size_t pos, size_t *over) {
+  if (m == 2) return nm_row_m(wrow, norms, cols8, n, 2, mask, pos, over);
+  if (m == 4) return nm_row_m(wrow, norms, cols8, n, 4, mask, pos, over);
+  return nm_row_m(wrow, norms, cols8, n, 8, mask, pos, over);
+}
+
 #else /* not x86-64 with GCC/Clang: the scalar path only */
 
 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8, unsigned n, unsigned m, uint64_t *mask,

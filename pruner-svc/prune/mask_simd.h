@@ -34,6 +34,13 @@ typedef struct {
 int ap_simd_row_ws_init(ap_simd_row_ws *ws, size_t cols);
 void ap_simd_row_ws_free(ap_simd_row_ws *ws);
 
+/*
+ * Sorts x[0..s) ascending, s = 32 or 64, every key <= INT32_MAX: the
+ * sample sorter of the selection, here for its test. AVX2 required (call it
+ * only when ap_mask_simd_available()).
+ */
+void ap_simd_sort_sample(uint32_t *x, size_t s);
+
 /* Set bits among bits [begin, end) of a mask (ap_bitmap_count_range with POPCNT). */
 size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end);
 

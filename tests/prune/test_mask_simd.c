@@ -27,6 +27,7 @@
 #include "../test.h"
 #include "bitmap.h"
 #include "mask.h"
+#include "mask_simd.h"
 #include "prune_error.h"
 
 static uint64_t rng_state = 4242;
@@ -331,6 +332,33 @@ static void test_nm(void) {
   CHECKF(bad == 0, "%d of %d N:M runs differ between SIMD and scalar", bad, runs);
 }
 
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The sample sorter picks the pivots: a wrong order would only slow the selection, so test it here. */
+static void test_sample_sort(void) {
+  int bad = 0;
+  for (int it = 0; it < 3000; it++) {
+    size_t s = it % 2 ? 64 : 32;
+    uint32_t x[64], y[64];
+    int mode = it % 5;
+    for (size_t i = 0; i < s; i++) {
+      uint32_t v = rnd();
+      if (mode == 1) v %= 4;                                /* duplicates */
+      if (mode == 2) v = (uint32_t)(s - i);                 /* reversed */
+      if (mode == 3) v = (uint32_t)i;                       /* sorted */
+      if (mode == 4) v = rnd() % 3 ? 0x7fffffffu : rnd() % 2; /* extremes */
+      x[i] = y[i] = v & 0x7fffffffu;
+    }
+    ap_simd_sort_sample(x, s);
+    qsort(y, s, sizeof *y, cmp_u32);
+    bad += memcmp(x, y, s * sizeof *x) != 0;
+  }
+  CHECK_EQ_INT(bad, 0);
+}
+
 static void test_impl_errors(void) {
   float w[4] = {1, 2, 3, 4};
   uint64_t m[1] = {0};
@@ -350,6 +378,7 @@ int main(void) {
     printf("SIMD path not available on this machine: skipped\n");
     TEST_DONE();
   }
+  test_sample_sort();
   test_widths();
   test_kinds();
   test_many_rows();
