@@ -5,12 +5,15 @@
  * plain streaming copy (memcpy of a large buffer, split over the same
  * OpenMP threads). The "(scalar)" lines run the portable reference of the
  * same step (AP_MASK_IMPL_SCALAR); the others run what ap_mask_* pick on
- * this CPU (AVX2 where available, see mask.c).
+ * this CPU (AVX2 where available, see mask.c). Both give the same masks.
  *
  * Bandwidth convention: bytes read + bytes written. The copy moves 2 bytes per
  * byte copied; a mask pass reads 4 bytes of weight per weight and reads and
  * writes its mask bit (n/4 bytes in all). The ratio mask/copy is the share of
  * the memory bandwidth the mask step reaches: near 1 means memory-bound.
+ * For context the run also prints a read-only pass over the weights, the
+ * ceiling of a step that reads them once (below 1 where writes stream as
+ * fast as reads).
  *
  * Usage: bench_mask [repeats=5]; OMP_NUM_THREADS sets the threads.
  */
@@ -21,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "bitmap.h"
 #include "mask.h"
@@ -66,17 +72,62 @@ static double copy_bandwidth(size_t bytes, int repeats) {
   return 2.0 * (double)bytes / best / 1e9;
 }
 
+/*
+ * Best-of-repeats GB/s of a parallel read of n floats (read only):
+ * the practical ceiling of a step that reads the weights once, for context.
+ * A copy counts its writes too, which this machine streams (non-temporal)
+ * about as fast as it reads, so a read-only pass tops out below ratio 1.
+ */
+static double read_bandwidth(const float *a, size_t n, int repeats) {
+  /* XOR of 16-byte words into four accumulators: no floating-point order to
+   * keep and no dependency chain, so the loop waits only on memory */
+  size_t nv = n / 16;
+  double best = 1e30;
+  uint64_t total = 0;
+  for (int r = 0; r < repeats; r++) {
+    double t0 = now();
+    uint64_t x = 0;
+#pragma omp parallel reduction(^ : x)
+    {
+      int nt = omp_get_num_threads(), id = omp_get_thread_num();
+      size_t b = nv * (size_t)id / (size_t)nt, e = nv * (size_t)(id + 1) / (size_t)nt;
+#ifdef __SSE2__
+      const __m128i *v = (const __m128i *)(const void *)a;
+      __m128i x0 = _mm_setzero_si128(), x1 = x0, x2 = x0, x3 = x0;
+      for (size_t i = b; i < e; i++) {
+        x0 = _mm_xor_si128(x0, _mm_loadu_si128(v + 4 * i));
+        x1 = _mm_xor_si128(x1, _mm_loadu_si128(v + 4 * i + 1));
+        x2 = _mm_xor_si128(x2, _mm_loadu_si128(v + 4 * i + 2));
+        x3 = _mm_xor_si128(x3, _mm_loadu_si128(v + 4 * i + 3));
+      }
+      __m128i y = _mm_xor_si128(_mm_xor_si128(x0, x1), _mm_xor_si128(x2, x3));
+      x ^= (uint64_t)_mm_cvtsi128_si64(y) ^ (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(y, y));
+#else
+      const uint64_t *u = (const uint64_t *)(const void *)a;
+      for (size_t i = 8 * b; i < 8 * e; i++) x ^= u[i];
+#endif
+    }
+    double t = now() - t0;
+    if (t < best) best = t;
+    total ^= x;
+  }
+  volatile uint64_t sink = total;
+  (void)sink;
+  return 64.0 * (double)nv / best / 1e9;
+}
+
 typedef enum {
   RUN_WANDA50,
   RUN_WANDA50_SCALAR,
   RUN_WANDA_24,
   RUN_WANDA_24_SCALAR,
   RUN_MAG50,
+  RUN_MAG50_SCALAR,
   RUN_P10,
   RUN_KINDS
 } run_kind;
-static const char *kind_name[] = {"wanda unstructured 50%", "  (scalar)",          "wanda 2:4",
-                                  "  (scalar)",             "magnitude layer 50%", "p10 statistic (s)"};
+static const char *kind_name[] = {"wanda unstructured 50%", "  (scalar)", "wanda 2:4",        "  (scalar)",
+                                  "magnitude layer 50%",    "  (scalar)", "p10 statistic (s)"};
 
 static double time_kind(run_kind kind, const float *w, const double *xsq, size_t rows, size_t cols, uint64_t *mask,
                         int repeats) {
@@ -93,6 +144,7 @@ static double time_kind(run_kind kind, const float *w, const double *xsq, size_t
     case RUN_WANDA_24: rc = ap_mask_nm(w, xsq, rows, cols, 2, 4, mask, NULL); break;
     case RUN_WANDA_24_SCALAR: rc = ap_mask_nm_impl(w, xsq, rows, cols, 2, 4, mask, NULL, AP_MASK_IMPL_SCALAR); break;
     case RUN_MAG50: rc = ap_mask_layer(w, NULL, rows, cols, 0.5, mask, NULL); break;
+    case RUN_MAG50_SCALAR: rc = ap_mask_layer_impl(w, NULL, rows, cols, 0.5, mask, NULL, AP_MASK_IMPL_SCALAR); break;
     case RUN_P10: rc = ap_stats_score_percentile(&l, 10.0, &s); break;
     case RUN_KINDS: break;
     }
@@ -122,7 +174,10 @@ int main(int argc, char **argv) {
   size_t copy_bytes = (size_t)512 << 20;
   double copy_gbs = copy_bandwidth(copy_bytes, repeats);
   printf("threads %d, best of %d\n", omp_get_max_threads(), repeats);
+  double read_gbs = read_bandwidth(w, max_n, repeats);
   printf("baseline: streaming copy of %zu MiB: %.2f GB/s (read+write)\n", copy_bytes >> 20, copy_gbs);
+  printf("context: read-only pass over the %zu MiB of weights: %.2f GB/s, ratio %.3f (the ceiling of one read)\n",
+         max_n * sizeof *w >> 20, read_gbs, read_gbs / copy_gbs);
   printf("%-24s %-12s %10s %12s %10s %8s\n", "step", "layer", "ms", "ms/Mweight", "GB/s", "ratio");
   for (int si = 0; si < 2; si++) {
     size_t rows = shapes[si][0], cols = shapes[si][1], n = rows * cols;

@@ -28,6 +28,16 @@
  *   top 12 bits, the bin holding rank k, an exact select inside it, and the
  *   same marking rule. tests/prune/test_mask_simd.c holds the two to
  *   identical masks, reports and errors.
+ *
+ * N:M (ap_mask_nm) with AVX2 for m = 2, 4, 8: the rank of each key in its
+ * group from compares with rotated copies of a vector of 8 keys; one pass.
+ *
+ * Whole layer (ap_mask_layer) with AVX2: the same sampled bracket over the
+ * flat matrix (16384 keys), one parallel pass that counts and compacts the
+ * candidates per thread range, the row rounds on them, then one marking
+ * pass whose ties are shared out between the thread ranges in flat order.
+ * Small layers, and the rare bracket that misses, take the scalar path: a
+ * radix select (three passes, score.c) and mark_layer.
  */
 #include "mask.h"
 
@@ -401,11 +411,13 @@ static int mark_layer(const float *w, const float *norms, size_t cols, size_t n,
   return AP_PRUNE_OK;
 }
 
-int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
-                  ap_mask_report *rep) {
+int ap_mask_layer_impl(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
+                       ap_mask_report *rep, ap_mask_impl impl) {
   int rc = check_args(w, rows, cols, mask);
   if (!rc) rc = check_target(target);
   if (rc) return rc;
+  int simd = use_simd(impl);
+  if (simd < 0) return simd;
   float *norms = NULL;
   rc = make_norms(xsq, cols, &norms);
   if (rc) return rc;
@@ -418,12 +430,15 @@ int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, d
     if (need == n - before) {
       set_run(mask, 0, n);
     } else {
-      uint32_t t;
-      size_t less, equal;
-      rc = ap_score_select_layer(w, norms, mask, rows, cols, need - 1, &t, &less, &equal);
-      /* pruned weights never compare below t: their bits are already set, and
-       * OR-ing them again is harmless, so only ties need the mask */
-      if (!rc) rc = mark_layer(w, norms, cols, n, t, need - less, equal, mask);
+      rc = simd ? ap_mask_layer_avx2(w, norms, mask, rows, cols, need - 1) : AP_SIMD_DECLINE;
+      if (rc == AP_SIMD_DECLINE) {
+        uint32_t t;
+        size_t less, equal;
+        rc = ap_score_select_layer(w, norms, mask, rows, cols, need - 1, &t, &less, &equal);
+        /* pruned weights never compare below t: their bits are already set, and
+         * OR-ing them again is harmless, so only ties need the mask */
+        if (!rc) rc = mark_layer(w, norms, cols, n, t, need - less, equal, mask);
+      }
     }
   }
   free(norms);
@@ -433,6 +448,11 @@ int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, d
     rep->units_over = over;
   }
   return rc;
+}
+
+int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
+                  ap_mask_report *rep) {
+  return ap_mask_layer_impl(w, xsq, rows, cols, target, mask, rep, AP_MASK_IMPL_AUTO);
 }
 
 static int check_nm(unsigned n, unsigned m) { return (m >= 1 && m <= 64 && n <= m) ? AP_PRUNE_OK : AP_PRUNE_EINVAL; }

@@ -99,6 +99,14 @@ int ap_mask_rows_impl(const float *w, const double *xsq, size_t rows, size_t col
                       ap_mask_report *rep, ap_mask_impl impl);
 
 /*
+ * ap_mask_layer with an explicit implementation (the SIMD one selects the
+ * threshold in one pass over the weights, see mask.c). Errors: those of
+ * ap_mask_layer, and AP_PRUNE_EINVAL as for ap_mask_rows_impl.
+ */
+int ap_mask_layer_impl(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
+                       ap_mask_report *rep, ap_mask_impl impl);
+
+/*
  * ap_mask_nm with an explicit implementation (the SIMD one covers m = 2, 4
  * and 8; other m run scalar under any impl). Errors: those of ap_mask_nm,
  * and AP_PRUNE_EINVAL as for ap_mask_rows_impl.
@@ -112,8 +120,10 @@ int ap_mask_nm_impl(const float *w, const double *xsq, size_t rows, size_t cols,
  * pruned. With xsq == NULL this is locuslab/wanda's prune_magnitude
  * (unstructured branch), except that it prunes exactly that many weights:
  * the original keeps W_metric <= sort(W_metric)[int(numel*t)], i.e. one
- * weight more plus every weight tied with the threshold. Radix selection,
- * three parallel passes over w.
+ * weight more plus every weight tied with the threshold. Two parallel
+ * passes over w with AVX2 (a sampled bracket around the threshold, then the
+ * marking; see mask.c), else a radix selection in three passes and the
+ * marking.
  */
 int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
                   ap_mask_report *rep);

@@ -10,6 +10,7 @@
 #include "mask_simd.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -352,7 +353,7 @@ AVX2 static size_t bracket_pass(const uint32_t *in, size_t m, uint32_t lo, uint3
   __m256i ge_cnt = _mm256_setzero_si256();
   size_t c = 0, j = 0;
   for (; j + 8 <= m; j += 8) {
-    if (!(j & 31)) pf_lines(pf, 1);
+    if (!(j & 15)) pf_lines(pf, 1);
     ge_cnt = bracket8(_mm256_loadu_si256((const __m256i *)(const void *)(in + j)), vlo1, vhi, ge_cnt, out, &c);
   }
   size_t b = j - hsum_epi32(ge_cnt);
@@ -578,6 +579,219 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
 }
 
 /*
+ * Whole-layer selection (ap_mask_layer): the same bracket idea over the
+ * flat matrix. A stratified sample of LAYER_SAMPLE keys, two pivots
+ * 3 standard deviations + 2 sample ranks around rank k (a miss is rare, and
+ * costs only the radix path the caller falls back to), one parallel pass
+ * that counts the keys below the bracket and compacts those inside into a
+ * buffer per thread (~2-5% of the layer), then the row kernel's rounds on
+ * the candidates. One read of the weights instead of the radix select's
+ * three.
+ */
+#define LAYER_SAMPLE 16384
+#define LAYER_MIN ((size_t)1 << 16) /* below this the radix select is as fast */
+
+/* Keys of mask word wi (len <= 64 weights, flat start base, column col of base) into k[64], pruned ones AP_SIMD_PRUNED_KEY. */
+AVX2_INLINE void layer_word_keys(const float *w, const float *norms, size_t cols, size_t base, size_t col,
+                                 unsigned len, uint64_t bits, uint32_t *k, __m256i *vmax) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
+  if (len == 64 && (!norms || col + 64 <= cols)) {
+    for (unsigned i = 0; i < 64; i += 8) {
+      __m256 a = _mm256_and_ps(_mm256_loadu_ps(w + base + i), absm);
+      if (norms) a = _mm256_mul_ps(a, _mm256_loadu_ps(norms + col + i));
+      __m256i v = _mm256_castps_si256(a), p = lanes_of_bits((unsigned)(bits >> i) & 0xffu);
+      *vmax = _mm256_max_epu32(*vmax, _mm256_andnot_si256(p, v));
+      _mm256_storeu_si256((__m256i *)(void *)(k + i), _mm256_blendv_epi8(v, pk, p));
+    }
+    return;
+  }
+  /* a word that wraps to the next row, or the last one: scalar, padded with pruned keys */
+  uint32_t mx = 0;
+  for (unsigned i = 0; i < 64; i++) {
+    if (i >= len) {
+      k[i] = AP_SIMD_PRUNED_KEY;
+      continue;
+    }
+    uint32_t v = ap_score_bits(norms ? fabsf(w[base + i]) * norms[col] : fabsf(w[base + i]));
+    if ((bits >> i) & 1) v = AP_SIMD_PRUNED_KEY;
+    else mx = v > mx ? v : mx;
+    k[i] = v;
+    if (++col == cols) col = 0;
+  }
+  *vmax = _mm256_max_epu32(*vmax, _mm256_set1_epi32((int)mx));
+}
+
+/*
+ * One thread's share of the pass: words [w0, w1). Compacts into out (cap
+ * keys, 64 of slack after them), returns 1 when a surviving key is NaN;
+ * *overflow = 1 when the candidates do not fit.
+ */
+AVX2 static int layer_pass(const float *w, const float *norms, const uint64_t *mask, size_t n, size_t cols, size_t w0,
+                           size_t w1, uint32_t lo, uint32_t hi, uint32_t *out, size_t cap, size_t *cnt, size_t *ge,
+                           int *overflow) {
+  uint32_t kk[64];
+  size_t c = 0, col = (w0 * 64) % cols;
+  const __m256i vlo1 = _mm256_set1_epi32((int)lo - 1), vhi = _mm256_set1_epi32((int)hi);
+  __m256i gcnt = _mm256_setzero_si256(), vmax = _mm256_setzero_si256();
+  for (size_t wi = w0; wi < w1; wi++) {
+    size_t base = wi * 64;
+    unsigned len = n - base < 64 ? (unsigned)(n - base) : 64;
+    layer_word_keys(w, norms, cols, base, col, len, mask ? mask[wi] : 0, kk, &vmax);
+    if (c + 64 > cap) { /* more candidates than planned: the exact path does it */
+      *overflow = 1;
+      break;
+    }
+    for (unsigned i = 0; i < 64; i += 8)
+      gcnt = bracket8(_mm256_loadu_si256((const __m256i *)(const void *)(kk + i)), vlo1, vhi, gcnt, out, &c);
+    for (col += 64; col >= cols;) col -= cols;
+  }
+  *cnt = c;
+  *ge = hsum_epi32(gcnt);
+  return hmax_epu32(vmax) > AP_SCORE_INF_KEY;
+}
+
+/*
+ * One thread's share of the marking: words [w0, w1), every key below t (all
+ * ties too when `all`), else the first `ties` surviving keys equal to t.
+ * Pruned weights below t get their bit again, which changes nothing.
+ */
+AVX2 static void layer_mark(const float *w, const float *norms, uint64_t *mask, size_t n, size_t cols, size_t w0,
+                            size_t w1, uint32_t t, int all, size_t ties) {
+  uint32_t kk[64];
+  size_t col = (w0 * 64) % cols;
+  /* key <= t is key < t + 1; t is a finite or infinite score, so t + 1 does not overflow */
+  const __m256i vlt = _mm256_set1_epi32((int)(all ? t + 1 : t)), veq = _mm256_set1_epi32((int)t);
+  __m256i unused = _mm256_setzero_si256();
+  for (size_t wi = w0; wi < w1; wi++) {
+    size_t base = wi * 64;
+    unsigned len = n - base < 64 ? (unsigned)(n - base) : 64;
+    layer_word_keys(w, norms, cols, base, col, len, 0, kk, &unused);
+    uint64_t bits = 0, eq = 0;
+    for (unsigned i = 0; i < 64; i += 8) {
+      __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)(kk + i));
+      bits |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vlt, k))) << i;
+      if (ties) eq |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(veq, k))) << i;
+    }
+    if (eq) {
+      eq &= ~mask[wi]; /* surviving ties only */
+      size_t ne = (size_t)__builtin_popcountll(eq);
+      if (ne <= ties) {
+        ties -= ne;
+        bits |= eq;
+      } else {
+        for (; ties; ties--, eq &= eq - 1) bits |= eq & (~eq + 1);
+      }
+    }
+    mask[wi] |= bits;
+    for (col += 64; col >= cols;) col -= cols;
+  }
+}
+
+int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k) {
+  size_t n = rows * cols, nw = ap_bitmap_words(n);
+  if (n < LAYER_MIN) return AP_SIMD_DECLINE;
+  int rc = AP_PRUNE_OK;
+  int nt = omp_get_max_threads();
+  uint32_t *smp = malloc(LAYER_SAMPLE * sizeof *smp);
+  size_t *cap = calloc((size_t)nt, sizeof *cap), *cnt = calloc((size_t)nt, sizeof *cnt);
+  size_t *ge = calloc((size_t)nt, sizeof *ge), *off = calloc((size_t)nt + 1, sizeof *off);
+  uint32_t *buf = NULL, *b2 = NULL;
+  if (!smp || !cap || !cnt || !ge || !off) {
+    rc = AP_PRUNE_ENOMEM;
+    goto done;
+  }
+  /* 1. pivots from a stratified sample (sign bits cleared: a NaN stays above every score) */
+  uint64_t x = 0x9E3779B97F4A7C15ull ^ n;
+  for (size_t i = 0; i < LAYER_SAMPLE; i++) {
+    size_t lo = (size_t)((double)i * (double)n / LAYER_SAMPLE), hi = (size_t)((double)(i + 1) * (double)n / LAYER_SAMPLE);
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    size_t j = lo + (size_t)(((x >> 32) * (uint64_t)(hi - lo)) >> 32);
+    uint32_t v = ap_score_bits(norms ? fabsf(w[j]) * norms[j % cols] : fabsf(w[j])) & 0x7fffffffu;
+    smp[i] = mask && ap_bitmap_get(mask, j) ? AP_SIMD_PRUNED_KEY : v;
+  }
+  double p = ((double)k + 0.5) / (double)n, q = p * LAYER_SAMPLE;
+  double d = 3.0 * sqrt(LAYER_SAMPLE * p * (1.0 - p)) + 2.0;
+  double qlo = floor(q - d), qhi = ceil(q + d);
+  uint32_t lo = qlo > 0 ? ap_select_u32_inplace(smp, LAYER_SAMPLE, (size_t)qlo) : 0;
+  uint32_t hi = qhi < LAYER_SAMPLE - 1 ? ap_select_u32_inplace(smp, LAYER_SAMPLE, (size_t)qhi) : AP_SIMD_PRUNED_KEY;
+  /* 2. one pass: count keys at or above lo, compact those in [lo, hi] (capacity: 1.5x the expectation) */
+  double frac = (qhi - qlo + 1.0) / LAYER_SAMPLE;
+  size_t total = 0;
+  for (int t = 0; t < nt; t++) {
+    size_t words = (size_t)(t + 1) * nw / (size_t)nt - (size_t)t * nw / (size_t)nt;
+    cap[t] = (size_t)(1.5 * frac * (double)(words * 64)) + 1024;
+    off[t] = total;
+    total += cap[t] + 64;
+  }
+  buf = malloc(total * sizeof *buf);
+  if (!buf) {
+    rc = AP_PRUNE_ENOMEM;
+    goto done;
+  }
+  int nan = 0, overflow = 0;
+  /* one range of words per thread, in flat order (any thread may take any range) */
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : nan, overflow)
+  for (int i = 0; i < nt; i++) {
+    size_t w0 = (size_t)i * nw / (size_t)nt, w1 = (size_t)(i + 1) * nw / (size_t)nt;
+    nan |= layer_pass(w, norms, mask, n, cols, w0, w1, lo, hi, buf + off[i], cap[i], &cnt[i], &ge[i], &overflow);
+  }
+  if (nan) {
+    rc = AP_PRUNE_ENAN;
+    goto done;
+  }
+  if (overflow) {
+    rc = AP_SIMD_DECLINE;
+    goto done;
+  }
+  /* keys below lo: every key of the padded words minus those at or above it */
+  size_t below = nw * 64, c = 0;
+  for (int t = 0; t < nt; t++) below -= ge[t];
+  for (int t = 0; t < nt; t++) c += cnt[t];
+  if (k < below || k >= below + c) { /* the sample missed (rare): the exact path */
+    rc = AP_SIMD_DECLINE;
+    goto done;
+  }
+  /* 3. rank k among the candidates (a copy: each thread's own stay, to count its ties) */
+  b2 = malloc(2 * (c + 8) * sizeof *b2);
+  if (!b2) {
+    rc = AP_PRUNE_ENOMEM;
+    goto done;
+  }
+  c = 0;
+  for (int t = 0; t < nt; t++) {
+    memcpy(b2 + c, buf + off[t], cnt[t] * sizeof *buf);
+    c += cnt[t];
+  }
+  size_t less, equal;
+  pf_cursor none = {NULL, NULL};
+  uint32_t t = select_rounds(b2, c, k - below, b2, b2 + c + 8, &less, &equal, &none);
+  /* 4. mark: below t, and the first `quota` ties in flat order, shared out by thread range */
+  size_t quota = k + 1 - (below + less);
+  int all = quota == equal;
+  for (int i = 0; i < nt && !all; i++) {
+    size_t lt, eq;
+    count_lt_eq(buf + off[i], cnt[i], t, &lt, &eq); /* every surviving tie of range i is a candidate */
+    ge[i] = eq < quota ? eq : quota;                /* reused: range i's share of the ties */
+    quota -= ge[i];
+  }
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+  for (int i = 0; i < nt; i++) {
+    size_t w0 = (size_t)i * nw / (size_t)nt, w1 = (size_t)(i + 1) * nw / (size_t)nt;
+    layer_mark(w, norms, mask, n, cols, w0, w1, t, all, all ? 0 : ge[i]);
+  }
+done:
+  free(smp);
+  free(cap);
+  free(cnt);
+  free(ge);
+  free(off);
+  free(buf);
+  free(b2);
+  return rc;
+}
+
+/*
  * N:M, m in {2, 4, 8}: a group never straddles a vector of 8 keys, so the
  * rank of every key inside its group counts the keys ordered before it,
  * from compares against rotated copies of the vector, with the tie rule of the scalar code: key j is ordered
@@ -672,6 +886,11 @@ AVX2 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8
 }
 
 #else /* not x86-64 with GCC/Clang: the scalar path only */
+
+int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k) {
+  (void)w, (void)norms, (void)mask, (void)rows, (void)cols, (void)k;
+  return AP_SIMD_DECLINE;
+}
 
 int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8, unsigned n, unsigned m, uint64_t *mask,
                         size_t pos, size_t *over) {

@@ -20,6 +20,9 @@
 
 #define AP_SIMD_PRUNED_KEY 0x7fffffffu
 
+/* Returned by a kernel that leaves the case to the scalar path (not an error). */
+#define AP_SIMD_DECLINE 1
+
 /* 1 when this build and CPU run the AVX2 kernels (AVX2 and POPCNT), else 0. */
 int ap_mask_simd_available(void);
 
@@ -55,6 +58,16 @@ size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end);
  */
 int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
                      uint64_t *mask, size_t pos, const float *ahead, ap_simd_row_ws *ws);
+
+/*
+ * The selection and marking of ap_mask_layer (k = the rank, among the
+ * surviving weights, of the last one to prune; k below their number), with
+ * the same result, from two passes over the weights; OpenMP inside. Returns
+ * AP_PRUNE_OK, AP_PRUNE_ENAN or AP_PRUNE_ENOMEM (mask untouched), or
+ * AP_SIMD_DECLINE, mask untouched, for small layers and when its sampled
+ * bracket misses or overflows (rare): the caller then runs the scalar path.
+ */
+int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k);
 
 /*
  * One row of ap_mask_nm for m in {2, 4, 8}, over its first cols8 columns

@@ -17,6 +17,10 @@
  * comparison over every n <= m, widths with a scalar tail, ties, existing
  * masks (groups at and over n), and NaN groups, whose bits the scalar code
  * writes before it reports the error, signalling NaNs included.
+ *
+ * Layer scope (ap_mask_layer_impl, one-pass sampled select over the whole
+ * matrix for layers of 2^16 weights and more): the same comparison, with
+ * widths whose words wrap rows, ties, masks, NaN and targets at the ends.
  */
 #include <math.h>
 #include <omp.h>
@@ -268,6 +272,14 @@ static void test_threads(void) {
   CHECK(ap_mask_rows_impl(w, xsq, rows, cols, 0.55, b, NULL, AP_MASK_IMPL_SIMD) == 0);
   omp_set_num_threads(threads > 1 ? threads : 3);
   CHECK(memcmp(a, b, ap_bitmap_bytes(n)) == 0);
+  /* the layer scope splits ties between thread ranges: 1 and 3 threads, same mask */
+  memset(a, 0, ap_bitmap_bytes(n));
+  memset(b, 0, ap_bitmap_bytes(n));
+  omp_set_num_threads(1);
+  CHECK(ap_mask_layer_impl(w, xsq, rows, cols, 0.55, a, NULL, AP_MASK_IMPL_SIMD) == 0);
+  omp_set_num_threads(3);
+  CHECK(ap_mask_layer_impl(w, xsq, rows, cols, 0.55, b, NULL, AP_MASK_IMPL_SIMD) == 0);
+  CHECK(memcmp(a, b, ap_bitmap_bytes(n)) == 0);
   omp_set_num_threads(threads);
   free(w);
   free(xsq);
@@ -332,6 +344,58 @@ static void test_nm(void) {
   CHECKF(bad == 0, "%d of %d N:M runs differ between SIMD and scalar", bad, runs);
 }
 
+/* Layer scope: SIMD against scalar on mixed rows (the scalar path is test_mask's, against a sort). */
+static void layer_case(int *runs, int *bad, size_t rows, size_t cols, double target, int magnitude, int kind,
+                       double density, int nans) {
+  size_t n = rows * cols;
+  float *w = malloc(n * sizeof *w);
+  double *xsq = malloc(cols * sizeof *xsq);
+  for (size_t r = 0; r < rows; r++) {
+    int kd = kind >= 0 ? kind : (int)(rnd() % ROW_KINDS);
+    if (kd == ROW_TINY && nans == 0) kd = ROW_GAUSS; /* inf * 0 would be a NaN */
+    for (size_t j = 0; j < cols; j++) w[r * cols + j] = row_value(kd, j, cols);
+  }
+  for (size_t j = 0; j < cols; j++) xsq[j] = kind == ROW_FEW ? (double)(1 + rnd() % 2) : exp(2 * gauss()) * 100.0;
+  for (int i = 0; i < nans; i++) w[rnd() % n] = NAN;
+  uint64_t *ms = ap_bitmap_alloc(n), *mv = ap_bitmap_alloc(n);
+  for (size_t i = 0; i < n; i++)
+    if (unif() < density) ap_bitmap_set(ms, i);
+  memcpy(mv, ms, ap_bitmap_bytes(n));
+  const double *xs = magnitude ? NULL : xsq;
+  ap_mask_report rs = {0}, rv = {0};
+  int a = ap_mask_layer_impl(w, xs, rows, cols, target, ms, &rs, AP_MASK_IMPL_SCALAR);
+  int b = ap_mask_layer_impl(w, xs, rows, cols, target, mv, &rv, AP_MASK_IMPL_SIMD);
+  (*runs)++;
+  if (a != b || memcmp(ms, mv, ap_bitmap_bytes(n)) || rs.pruned_after != rv.pruned_after ||
+      rs.units_over != rv.units_over) {
+    if ((*bad)++ < 3)
+      fprintf(stderr, "  layer differ: %zux%zu target %.4f %s kind %d density %.2f nans %d (rc %d %d)\n", rows,
+              cols, target, magnitude ? "magnitude" : "wanda", kind, density, nans, a, b);
+  }
+  free(w);
+  free(xsq);
+  free(ms);
+  free(mv);
+}
+
+static void test_layer(void) {
+  int runs = 0, bad = 0;
+  const size_t shapes[][2] = {{256, 256}, {64, 1100}, {700, 97}, {33, 4096}, {1, 70000}, {200, 333}};
+  for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    size_t rows = shapes[si][0], cols = shapes[si][1];
+    const double targets[] = {0.5, 0.1, 0.93, 1.0 / (double)(rows * cols), 0.0, 1.0, unif()};
+    for (size_t ti = 0; ti < sizeof targets / sizeof *targets; ti++)
+      layer_case(&runs, &bad, rows, cols, targets[ti], (int)(ti % 2), -1, ti % 3 ? 0.0 : 0.3, 0);
+    layer_case(&runs, &bad, rows, cols, 0.6, 0, ROW_FEW, 0.2, 0);    /* ties at the threshold */
+    layer_case(&runs, &bad, rows, cols, 0.5, 1, ROW_CONST, 0.0, 0);  /* one value */
+    layer_case(&runs, &bad, rows, cols, 0.5, 0, ROW_GAP, 0.0, 0);    /* two clusters */
+    layer_case(&runs, &bad, rows, cols, 0.5, 0, ROW_SORTED, 0.0, 0); /* order along rows */
+    layer_case(&runs, &bad, rows, cols, 0.7, 1, -1, 0.65, 0);        /* mostly pruned already */
+    layer_case(&runs, &bad, rows, cols, 0.5, 0, ROW_GAUSS, 0.1, 2);  /* NaN: ENAN, mask untouched */
+  }
+  CHECKF(bad == 0, "%d of %d layer runs differ between SIMD and scalar", bad, runs);
+}
+
 static int cmp_u32(const void *a, const void *b) {
   uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
   return (x > y) - (x < y);
@@ -386,5 +450,6 @@ int main(void) {
   test_nan();
   test_threads();
   test_nm();
+  test_layer();
   TEST_DONE();
 }
