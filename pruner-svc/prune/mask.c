@@ -7,22 +7,24 @@
  * once. Two implementations give bit-identical masks:
  *
  *   AVX2 (mask_simd.c, chosen at run time; APK_CPU_SIMD=0 turns it off):
- *   1. 32-64 keys sampled from fixed columns of the row's weights give two
- *      pivots around rank k (Floyd-Rivest), from all-pairs vector compares.
+ *   1. 32-64 keys sampled from fixed columns of the row's weights, sorted
+ *      by a bitonic network in registers, give two pivots around rank k
+ *      (Floyd-Rivest, 1.5 standard deviations) and two outer ones.
  *   2. One pass over the weights computes every key (|w| * norm, the same
  *      single rounding as the scalar code) into an L1-sized buffer, counts
  *      the keys below the low pivot and compacts those between the pivots
- *      (a permute from a 256-entry table per 8 keys), checks for NaN, and
- *      prefetches the row PREFETCH_ROWS ahead, so memory streams while the
- *      rest works in cache.
+ *      (a permute from a 256-entry table per 8 keys), and checks for NaN.
  *   3. The same sample-and-compact rounds shrink the candidates (about a
- *      quarter of the row, then a third each round) to 32 keys, ranked
- *      directly. A bracket that misses rank k is redone into a wider one on
- *      the right side (exact), heavy duplicates hand over to introselect,
- *      and a bracket of one value ends the search.
+ *      fifth of the row, then a fifth to a third each round) to 64 keys or
+ *      fewer, then sorted. A bracket that misses rank k is redone into the
+ *      outer one on the right side, then into everything on that side
+ *      (exact); heavy duplicates hand over to introselect, and a bracket of
+ *      one value ends the search.
  *   4. One vector pass marks key < t, then the first `quota` keys equal to
  *      t in column order (the tie rule of the reference).
- *   Pruned weights get the largest key, so they are never candidates.
+ *   Pruned weights get the largest key, so they are never candidates. The
+ *   next row's weights are prefetched a few lines at a time in every step,
+ *   so the memory stream runs while the row is worked on in cache.
  *
  *   Scalar (the reference, select_row_scalar): keys, a histogram of their
  *   top 12 bits, the bin holding rank k, an exact select inside it, and the
@@ -99,11 +101,11 @@ static void set_run(uint64_t *mask, size_t pos, size_t len) {
 
 /*
  * Per-row selection, scalar. A row of scores sits in L1, so the cost is a
- * few cheap passes over it: keys (vectorised), a histogram of the top bits of each key
- * (exponent + 4 mantissa bits: 16 bins per octave), a scan to the bin that
- * holds the k-th key, a branch-free copy of that bin's few keys, an exact
- * select among them, and a vectorised compare that writes the mask bits.
- * No sort, and no pass depends on the data order.
+ * few cheap passes over it: keys (vectorised), a histogram of the top bits
+ * of each key (exponent + 4 mantissa bits: 16 bins per octave), a scan to
+ * the bin that holds the k-th key, a branch-free copy of that bin's few
+ * keys, an exact select among them, and a vectorised compare that writes
+ * the mask bits. No sort, and no pass depends on the data order.
  */
 #define ROW_BIN_SHIFT 19
 #define ROW_BINS 4096 /* keys are < 2^31: scores are non-negative, NaN keys get their sign bit cleared */
@@ -270,9 +272,9 @@ static int use_simd(ap_mask_impl impl) {
 int ap_mask_impl_available(ap_mask_impl impl) { return use_simd(impl) >= 0; }
 
 /*
- * The SIMD path prefetches the weights of the row this many rows ahead
- * while it reads the current one: the row in between has a whole row's
- * time to arrive, so the selection work overlaps the memory stream.
+ * The SIMD path prefetches the weights of the row this many rows ahead,
+ * spread over the work on the current row (1 measured best: later rows only
+ * crowd the cache).
  */
 #define PREFETCH_ROWS 1
 
@@ -499,8 +501,8 @@ static inline uint64_t nm4_group_bits(const uint32_t *k, unsigned need) {
 /*
  * One row of N:M, from column `from` (a multiple of m) on. Columns go in
  * chunks of whole groups that fit a 64-bit mask word, so the mask is read
- * and written once per chunk. Returns 1 when
- * a surviving weight of a group that needs pruning scores NaN.
+ * and written once per chunk. Returns 1 when a surviving weight of a group
+ * that needs pruning scores NaN.
  */
 static inline int nm_row(const float *wrow, const float *norms, size_t from, size_t cols, unsigned n, unsigned m,
                          uint64_t *mask, size_t pos, size_t *over) {

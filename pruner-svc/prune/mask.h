@@ -77,8 +77,8 @@ int ap_mask_rows(const float *w, const double *xsq, size_t rows, size_t cols, do
                  ap_mask_report *rep);
 
 /*
- * Which implementation of the per-row (and N:M) selection runs. Both give
- * bit-identical masks; the choice only changes speed.
+ * Which implementation of the per-row, N:M and layer selection runs. Both
+ * give bit-identical masks; the choice only changes speed.
  *   AP_MASK_IMPL_AUTO:   AVX2 when the CPU has it (checked at run time),
  *                        unless the environment has APK_CPU_SIMD=0 (the CPU
  *                        kernels' switch), else scalar. What ap_mask_rows uses.

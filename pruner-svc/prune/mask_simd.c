@@ -1,6 +1,6 @@
 /*
- * mask_simd.c - AVX2 kernels of ap_mask_rows (see mask_simd.h; the design
- * note is in mask.c).
+ * mask_simd.c - AVX2 kernels of ap_mask_rows, ap_mask_layer and ap_mask_nm (see
+ * mask_simd.h; the design note is in mask.c).
  *
  * Compiled for the baseline x86-64 target: every AVX2 function carries a
  * target attribute and is reached only after ap_mask_simd_available(), as
@@ -22,7 +22,7 @@
 static void first_sample_positions(ap_simd_row_ws *ws, size_t cols);
 
 int ap_simd_row_ws_init(ap_simd_row_ws *ws, size_t cols) {
-  /* +8: the final rank select pads its input to whole vectors */
+  /* +8: slack (the vector stores of a pass stay below the count of its input) */
   size_t n = cols + 8;
   /* 64-byte aligned (whole cache lines), so the vector stores to keys never split a line */
   size_t bytes = (n * sizeof(uint32_t) + 63) & ~(size_t)63;
@@ -141,7 +141,9 @@ AVX2_INLINE __m256i bitonic_clean8(__m256i v) {
   return _mm256_blend_epi32(_mm256_min_epi32(v, sw), _mm256_max_epi32(v, sw), 0xaa);
 }
 
-AVX2_INLINE __m256i reverse8(__m256i v) { return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0)); }
+AVX2_INLINE __m256i reverse8(__m256i v) {
+  return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+}
 
 /* Merges two sorted registers into the sorted 16 (*a low, *b high). */
 AVX2_INLINE void merge8x2(__m256i *a, __m256i *b) {
@@ -406,15 +408,15 @@ AVX2 static void count_lt_eq(const uint32_t *a, size_t m, uint32_t t, size_t *lt
 /*
  * Continues a selection: the r-th smallest (0-based) of cur[0..m), with
  * *less / *equal the keys below / equal to it among them (m >= 1, r < m).
- * cur is one of a, b (m + 8 keys each); the rounds ping-pong between them.
+ * cur is one of a, b (m keys each at least); the rounds ping-pong between them.
  *
- * Floyd-Rivest rounds: a stratified sample of 32-64 keys gives two pivots that
- * bracket rank r with a margin of about two standard deviations; one vector
- * pass counts the keys below the bracket and compacts those inside. Every
- * key equal to the answer lies inside every bracket, so the last set still
- * holds them all. A bracket that misses is widened to the side that holds r
- * (an exact pass); a round that does not shrink the set (heavy duplicates)
- * hands over to introselect.
+ * Floyd-Rivest rounds: a stratified sample of 32-64 keys gives two pivots
+ * that bracket rank r (sample_bracket); one vector pass counts the keys
+ * below the bracket and compacts those inside. Every key equal to the
+ * answer lies inside every bracket, so the last set still holds them all. A
+ * bracket that misses is widened to the side that holds r (bracket_retry);
+ * a round that does not shrink the set (heavy duplicates) hands over to
+ * introselect, and 64 keys or fewer are sorted.
  */
 AVX2 static uint32_t select_rounds(uint32_t *cur, size_t m, size_t r, uint32_t *a, uint32_t *b, size_t *less,
                                    size_t *equal, pf_cursor *pf) {
@@ -584,7 +586,10 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
 #define LAYER_SAMPLE 16384
 #define LAYER_MIN ((size_t)1 << 16) /* below this the radix select is as fast */
 
-/* Keys of mask word wi (len <= 64 weights, flat start base, column col of base) into k[64], pruned ones AP_SIMD_PRUNED_KEY. */
+/*
+ * Keys of one mask word (len <= 64 weights from flat index base, whose column
+ * is col) into k[64], pruned weights and the padding as AP_SIMD_PRUNED_KEY.
+ */
 AVX2_INLINE void layer_word_keys(const float *w, const float *norms, size_t cols, size_t base, size_t col,
                                  unsigned len, uint64_t bits, uint32_t *k, __m256i *vmax) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -697,7 +702,8 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
   /* 1. pivots from a stratified sample (sign bits cleared: a NaN stays above every score) */
   uint64_t x = 0x9E3779B97F4A7C15ull ^ n;
   for (size_t i = 0; i < LAYER_SAMPLE; i++) {
-    size_t lo = (size_t)((double)i * (double)n / LAYER_SAMPLE), hi = (size_t)((double)(i + 1) * (double)n / LAYER_SAMPLE);
+    size_t lo = (size_t)((double)i * (double)n / LAYER_SAMPLE);
+    size_t hi = (size_t)((double)(i + 1) * (double)n / LAYER_SAMPLE);
     x = x * 6364136223846793005ull + 1442695040888963407ull;
     size_t j = lo + (size_t)(((x >> 32) * (uint64_t)(hi - lo)) >> 32);
     uint32_t v = ap_score_bits(norms ? fabsf(w[j]) * norms[j % cols] : fabsf(w[j])) & 0x7fffffffu;
@@ -855,7 +861,8 @@ AVX2_INLINE int nm_row_m(const float *wrow, const float *norms, size_t cols8, un
       __m256i rank = zero;
       for (unsigned s = 1; 2 * s <= m; s++) {
         __m256i y = nm_rot(x, m, s);
-        __m256i before = _mm256_or_si256(_mm256_cmpgt_epi32(x, y), _mm256_and_si256(_mm256_cmpeq_epi32(x, y), tie[s - 1]));
+        __m256i tied = _mm256_and_si256(_mm256_cmpeq_epi32(x, y), tie[s - 1]);
+        __m256i before = _mm256_or_si256(_mm256_cmpgt_epi32(x, y), tied);
         rank = _mm256_sub_epi32(rank, before);
         /* rotation m - s compares the same pairs the other way round, and
          * (key, column) is a strict order: its answer is the negation, moved */

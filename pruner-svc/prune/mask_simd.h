@@ -1,16 +1,17 @@
 /*
- * mask_simd.h - the AVX2 kernels behind ap_mask_rows and ap_mask_nm
- * (internal to ap_prune; the contracts are those of mask.h).
+ * mask_simd.h - the AVX2 kernels behind ap_mask_rows, ap_mask_layer and
+ * ap_mask_nm (internal to ap_prune; the contracts are those of mask.h).
  *
  * mask.c keeps the portable scalar implementation and calls these only when
  * ap_mask_simd_available() says the CPU has the instructions. Both produce
  * bit-identical masks: same float score (one IEEE multiply, |w| * norm, no
  * contraction possible), same order (score, then column), same tie rule.
  *
- * Keys inside these kernels: a surviving weight's score bits (sign bit clear,
- * so signed 32-bit compares order them), a pruned weight AP_SIMD_PRUNED_KEY
- * (INT32_MAX, above every score; a NaN score is reported before any key is
- * ordered, so the two never meet).
+ * Keys inside the row and layer kernels: a surviving weight's score bits
+ * (sign bit clear, so signed 32-bit compares order them), a pruned weight
+ * AP_SIMD_PRUNED_KEY (INT32_MAX, above every score; a NaN score is reported
+ * before any key is ordered, so the two never meet). The N:M kernel orders
+ * the scalar code's unsigned keys instead, NaN included (mask_simd.c).
  */
 #ifndef AP_MASK_SIMD_H
 #define AP_MASK_SIMD_H
@@ -26,7 +27,7 @@
 /* 1 when this build and CPU run the AVX2 kernels (AVX2 and POPCNT), else 0. */
 int ap_mask_simd_available(void);
 
-/* Scratch of one thread for ap_mask_row_avx2: three buffers of cols + 8 keys, the first sample's columns. */
+/* Scratch of one thread for ap_mask_row_avx2: three buffers of cols keys (+8), the first sample's columns. */
 typedef struct {
   uint32_t *keys, *a, *b;
   size_t s1;         /* first-round sample size (32 or 64) */

@@ -151,7 +151,8 @@ static void run_case(tally *t, size_t rows, size_t cols, double target, int magn
   if (rs.pruned_before != rv.pruned_before || rs.pruned_after != rv.pruned_after || rs.units_over != rv.units_over)
     t->report_differ++;
   int nan_scores = 0; /* also 0 * inf from a dead channel and an infinite weight */
-  for (size_t i = 0; i < n && !nan_scores; i++) nan_scores = isnan(fabsf(w[i]) * (xs ? (float)sqrt(xs[i % cols]) : 1.0f));
+  for (size_t i = 0; i < n && !nan_scores; i++)
+    nan_scores = isnan(fabsf(w[i]) * (xs ? (float)sqrt(xs[i % cols]) : 1.0f));
   if (!nan_scores) {
     oracle(w, xs, rows, cols, target, m0);
     if (rc_s != AP_PRUNE_OK || memcmp(ms, m0, ap_bitmap_bytes(n)) != 0) t->oracle_differ++;
@@ -299,7 +300,8 @@ static void nm_case(int *runs, int *bad, size_t rows, size_t cols, unsigned n, u
   }
   for (size_t j = 0; j < cols; j++) xsq[j] = rnd() % 3 ? (double)(1 + rnd() % 2) : exp(2 * gauss());
   for (int i = 0; i < nans; i++) {
-    uint32_t u = rnd() % 2 ? 0x7f800001u + rnd() % 0x3fffffu : 0xffc00000u | rnd(); /* signalling or quiet, either sign */
+    /* a signalling NaN, or a quiet one of either sign */
+    uint32_t u = rnd() % 2 ? 0x7f800001u + rnd() % 0x3fffffu : 0xffc00000u | rnd();
     memcpy(&w[(rnd() % rows) * cols + rnd() % cols], &u, sizeof u);
   }
   uint64_t *ms = ap_bitmap_alloc(total), *mv = ap_bitmap_alloc(total);
