@@ -696,7 +696,7 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
   size_t *ge = calloc((size_t)nt, sizeof *ge), *off = calloc((size_t)nt + 1, sizeof *off);
   uint32_t *buf = NULL, *b2 = NULL;
   if (!smp || !cap || !cnt || !ge || !off) {
-    rc = AP_PRUNE_ENOMEM;
+    rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
   /* 1. pivots from a stratified sample (sign bits cleared: a NaN stays above every score) */
@@ -725,7 +725,7 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
   }
   buf = malloc(total * sizeof *buf);
   if (!buf) {
-    rc = AP_PRUNE_ENOMEM;
+    rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
   int nan = 0, overflow = 0;
@@ -754,7 +754,7 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
   /* 3. rank k among the candidates (a copy: each thread's own stay, to count its ties) */
   b2 = malloc(2 * (c + 8) * sizeof *b2);
   if (!b2) {
-    rc = AP_PRUNE_ENOMEM;
+    rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
   c = 0;

@@ -64,9 +64,10 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
  * The selection and marking of ap_mask_layer (k = the rank, among the
  * surviving weights, of the last one to prune; k below their number), with
  * the same result, from two passes over the weights; OpenMP inside. Returns
- * AP_PRUNE_OK, AP_PRUNE_ENAN or AP_PRUNE_ENOMEM (mask untouched), or
- * AP_SIMD_DECLINE, mask untouched, for small layers and when its sampled
- * bracket misses or overflows (rare): the caller then runs the scalar path.
+ * AP_PRUNE_OK, AP_PRUNE_ENAN (mask untouched), or AP_SIMD_DECLINE, mask
+ * untouched, for small layers, when its sampled bracket misses or its
+ * candidates overflow (rare), or when its buffers cannot be allocated: the
+ * caller then runs the scalar path.
  */
 int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k);
 
