@@ -251,8 +251,12 @@ def run(env, a):
           <= set(pr) and pr.get("stop_reason") == "target_reached" and abs(pr["sparsity"] - 0.3) <= 0.005,
           "prune (rule) with its own local services: exit 0, target 0.3 reached (%d %s %s)" %
           (rc, pr.get("stop_reason"), err.strip()[-200:]))
-    # The services stop on the CLI's SIGTERM, at once (not after a 15 s wait and SIGKILL).
-    check(time.time() - t0 < 20, "the local prune, services included, took %.1f s" % (time.time() - t0))
+    # The services stop on the CLI's SIGTERM, at once (not after a 15 s wait and SIGKILL):
+    # what the CLI adds to the job's own run time (start, export wait, stop) stays well under that.
+    total = time.time() - t0
+    job_s = aplib.load_json(os.path.join(out_e, "agentprune.json"))["result"]["wall_s"] if rc == 0 else total
+    check(total - job_s < 14, "the local prune took %.1f s, %.1f s beyond the job's own %.1f s" %
+          (total, total - job_s, job_s))
     check(os.listdir(cli_env["TMPDIR"]) == [], "the CLI removed its working folder (%s)" %
           os.listdir(cli_env["TMPDIR"]))
 
