@@ -465,6 +465,22 @@ static int reflect(job *j, const cJSON *outcome, char *err, size_t errlen) {
   return code == AP_CANCELLED ? AP_CANCELLED : AP_FAILED_PRECONDITION;
 }
 
+/* Fills tg/tp from a JSON array of {name, target_sparsity}; returns the
+ * count. Names point into the JSON. */
+static size_t targets_from_json(const cJSON *arr, Agentprune__V1__LayerTarget *tg, Agentprune__V1__LayerTarget **tp) {
+  size_t n = 0;
+  const cJSON *d;
+  cJSON_ArrayForEach(d, arr) {
+    agentprune__v1__layer_target__init(&tg[n]);
+    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(d, "name");
+    tg[n].name = cJSON_IsString(nm) ? nm->valuestring : "";
+    tg[n].target_sparsity = jnum(d, "target_sparsity");
+    tp[n] = &tg[n];
+    n++;
+  }
+  return n;
+}
+
 /* Local rule decision: the same policy code the agent runs, over a history
    rebuilt from this job's trajectory. */
 static int decide_local(job *j, const Agentprune__V1__DecideRequest *req, Agentprune__V1__Decision *out, char *err,
@@ -500,31 +516,16 @@ static int decide_local(job *j, const Agentprune__V1__DecideRequest *req, Agentp
     ents[k].iteration = (uint32_t)jnum(e, "iteration");
     decs[k].iteration = ents[k].iteration;
     decs[k].layers = &tp[t];
-    const cJSON *d;
-    cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(e, "decision")) {
-      agentprune__v1__layer_target__init(&tg[t]);
-      const cJSON *nm = cJSON_GetObjectItemCaseSensitive(d, "name");
-      tg[t].name = cJSON_IsString(nm) ? nm->valuestring : "";
-      tg[t].target_sparsity = jnum(d, "target_sparsity");
-      tp[t] = &tg[t];
-      t++;
-      decs[k].n_layers++;
-    }
+    decs[k].n_layers = targets_from_json(cJSON_GetObjectItemCaseSensitive(e, "decision"), &tg[t], &tp[t]);
+    t += (int)decs[k].n_layers;
     decs[k].probes = &pp[q];
     cJSON_ArrayForEach(pe, cJSON_GetObjectItemCaseSensitive(e, "probes")) {
       agentprune__v1__plan__init(&plans[q]);
       const cJSON *lb = cJSON_GetObjectItemCaseSensitive(pe, "label");
       plans[q].label = cJSON_IsString(lb) ? lb->valuestring : "";
       plans[q].layers = &tp[t];
-      cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(pe, "layers")) {
-        agentprune__v1__layer_target__init(&tg[t]);
-        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(d, "name");
-        tg[t].name = cJSON_IsString(nm) ? nm->valuestring : "";
-        tg[t].target_sparsity = jnum(d, "target_sparsity");
-        tp[t] = &tg[t];
-        t++;
-        plans[q].n_layers++;
-      }
+      plans[q].n_layers = targets_from_json(cJSON_GetObjectItemCaseSensitive(pe, "layers"), &tg[t], &tp[t]);
+      t += (int)plans[q].n_layers;
       pp[q] = &plans[q];
       q++;
       decs[k].n_probes++;
