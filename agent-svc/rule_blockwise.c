@@ -34,6 +34,7 @@
 
 #include "layer_index.h"
 #include "rule_blockwise.h"
+#include "rule_step.h"
 
 #define EPS 1e-9
 
@@ -133,10 +134,6 @@ static void plan_targets(const bw_layer *l, size_t n, const double *block_ratio,
   double nu = solve_mu(l, n, base, sel, mc, ceiling);
   for (size_t i = 0; i < n; i++)
     if (sel[i]) out[i] = clampd(base[i] + nu, l[i].rho, fmax(ceiling, l[i].rho));
-}
-
-static int entry_is_probe(const Agentprune__V1__HistoryEntry *e) {
-  return e && e->decision && e->decision->n_probes > 0 && e->outcome && e->outcome->n_probe_results > 0;
 }
 
 static int emit_probes(const Agentprune__V1__ProfileTable *t, const bw_layer *l, size_t n, int c, int gs, int nb,
@@ -278,7 +275,7 @@ int ap_rule_blockwise(const ap_decide_ctx *ctx, const ap_rule_params *prm, Agent
   const Agentprune__V1__HistoryEntry *pe = NULL;
   size_t pe_at = 0;
   for (size_t e = 0; e < nh; e++)
-    if (h->entries[e] && h->entries[e]->iteration < iteration && entry_is_probe(h->entries[e])) {
+    if (h->entries[e] && h->entries[e]->iteration < iteration && ap_rule_entry_is_probe(h->entries[e])) {
       pe = h->entries[e];
       pe_at = e;
     }
@@ -411,28 +408,18 @@ int ap_rule_blockwise(const ap_decide_ctx *ctx, const ap_rule_params *prm, Agent
     if (in_group(l[i].block, cur, gs) && !hit[i] && goal[i] > l[i].rho + EPS) gap_mass += l[i].p * (goal[i] - l[i].rho);
   double D = gap_mass / P;
   const char *note = "land on the block's goal";
-  const Agentprune__V1__HistoryEntry *last = NULL, *last_ok = NULL;
-  for (size_t e = 0; e < nh; e++) {
-    const Agentprune__V1__HistoryEntry *he = h->entries[e];
-    if (!he || he->iteration >= iteration || !he->outcome || entry_is_probe(he)) continue;
-    last = he;
-    if (he->outcome->accepted && he->state) last_ok = he;
-  }
-  if (last_ok) {
-    double s = last_ok->outcome->global_sparsity - last_ok->state->global_sparsity;
-    double pb = last_ok->outcome->ppl_before, pa = last_ok->outcome->ppl_after;
-    if (s > 1e-6 && pb > 0 && pa > pb && isfinite(pa)) {
-      double dp = prm->ppl_margin * tau / ((pa / pb - 1.0) / s);
-      if (dp < D) {
-        D = dp;
-        note = "ppl slope";
-      }
-    }
+  const Agentprune__V1__HistoryEntry *last, *last_ok;
+  ap_rule_recent(h, iteration, &last, &last_ok);
+  double dp = ap_rule_slope_step(last_ok, prm->ppl_margin, tau, 1e-6);
+  if (dp < D) {
+    D = dp;
+    note = "ppl slope";
   }
   /* Iterations left, less one probe iteration per group still to come. */
-  int left = (int)max_it - (int)iteration + 1 - (nb - cur - gs + gs - 1) / gs;
+  int left = (int)max_it - (int)iteration + 1 - (nb - cur - 1) / gs;
   double floor_step = R / fmax(1.0, 0.6 * left);
-  if (D < floor_step) {
+  int floored = D < floor_step;
+  if (floored) {
     D = floor_step;
     note = "iteration budget";
   }
@@ -441,21 +428,15 @@ int ap_rule_blockwise(const ap_decide_ctx *ctx, const ap_rule_params *prm, Agent
      concentrated, so a floor spread over the whole job overshoots). */
   if (last_ok && last_ok->state && iteration - last_ok->iteration <= 3) {
     double s = last_ok->outcome->global_sparsity - last_ok->state->global_sparsity;
-    if (s > 1e-6 && D > 1.5 * s && !strcmp(note, "iteration budget")) {
+    if (floored && s > 1e-6 && D > 1.5 * s) {
       D = 1.5 * s;
       note = "1.5x the last accepted step";
     }
   }
-  int after_rollback = last && !last->outcome->accepted && last->decision && last->decision->n_layers;
+  double tried = ap_rule_rolled_back_step(last, t, ix);
+  int after_rollback = tried > 0;
   if (after_rollback) {
-    double tried = 0;
-    for (size_t k = 0; k < last->decision->n_layers; k++) {
-      long row = ap_layer_index_find(ix, last->decision->layers[k]->name);
-      double d = row >= 0 ? last->decision->layers[k]->target_sparsity - l[row].rho : 0;
-      if (d > 0 && isfinite(d)) tried += l[row].p * d;
-    }
-    tried /= P;
-    if (tried > 0 && 0.5 * tried < D) {
+    if (0.5 * tried < D) {
       D = 0.5 * tried;
       note = "half the rolled-back step";
     }

@@ -66,6 +66,7 @@
 #include "policy.h"
 #include "rule_policy.h"
 #include "rule_blockwise.h"
+#include "rule_step.h"
 
 void ap_rule_params_default(ap_rule_params *p) {
   p->spread = 0.08;
@@ -415,24 +416,12 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
   double G_clamped = clampd(G, 0, 1);
   double D = fmin(prm->step_cap_frac * lim.step_cap, prm->step_frac * (1.0 - G_clamped));
   const char *step_note = "schedule";
-  const Agentprune__V1__HistoryEntry *last = NULL, *last_ok = NULL;
-  for (size_t e = 0; e < n_hist; e++) {
-    const Agentprune__V1__HistoryEntry *he = h->entries[e];
-    if (!he || he->iteration >= iteration || !he->outcome) continue;
-    last = he;
-    if (he->outcome->accepted && he->state) last_ok = he;
-  }
-  if (last_ok) {
-    double s = last_ok->outcome->global_sparsity - last_ok->state->global_sparsity;
-    double pb = last_ok->outcome->ppl_before, pa = last_ok->outcome->ppl_after;
-    if (s > 1e-4 && pb > 0 && pa > pb && isfinite(pa)) {
-      double slope = (pa / pb - 1.0) / s;
-      double dp = prm->ppl_margin * tau / slope;
-      if (dp < D) {
-        D = dp;
-        step_note = "ppl slope";
-      }
-    }
+  const Agentprune__V1__HistoryEntry *last, *last_ok;
+  ap_rule_recent(h, iteration, &last, &last_ok);
+  double dp = ap_rule_slope_step(last_ok, prm->ppl_margin, tau, 1e-4);
+  if (dp < D) {
+    D = dp;
+    step_note = "ppl slope";
   }
   uint32_t left = max_it >= iteration ? max_it - iteration + 1 : 1;
   double floor_step = R / fmax(1.0, 0.6 * left);
@@ -442,14 +431,7 @@ int ap_rule_decide_with(const ap_decide_ctx *ctx, const ap_rule_params *prm, Age
   }
   int after_rollback = last && entry_rolled_back(last);
   if (after_rollback) {
-    double tried = 0; /* rho is unchanged since a rollback restores the accepted masks */
-    for (size_t j = 0; j < last->decision->n_layers; j++) {
-      long row = ap_layer_index_find(ix, last->decision->layers[j]->name);
-      if (row < 0) continue;
-      double d = last->decision->layers[j]->target_sparsity - w[row].rho;
-      if (d > 0 && isfinite(d)) tried += w[row].p * d;
-    }
-    tried /= P;
+    double tried = ap_rule_rolled_back_step(last, t, ix); /* rho is unchanged since a rollback restores the masks */
     if (tried > 0 && 0.5 * tried < D) {
       D = 0.5 * tried;
       step_note = "half the rolled-back step";

@@ -773,6 +773,20 @@ static double plan_target(const Agentprune__V1__Plan *pl, const char *name, doub
   return dflt;
 }
 
+/* Gives the outcome of history entry e one measured result per ppl. */
+static void set_probe_results(Agentprune__V1__HistoryEntry *e, const Agentprune__V1__Decision *d, const double *ppl,
+                              size_t n) {
+  Agentprune__V1__Outcome *o = e->outcome;
+  o->probe_results = calloc(n, sizeof *o->probe_results);
+  for (size_t p = 0; p < n; p++) {
+    o->probe_results[p] = malloc(sizeof *o->probe_results[p]);
+    agentprune__v1__probe_result__init(o->probe_results[p]);
+    o->probe_results[p]->label = fx_strdup(d->probes[p]->label);
+    o->probe_results[p]->ppl = ppl[p];
+  }
+  o->n_probe_results = n;
+}
+
 static void test_blockwise(void) {
   char err[512];
   const double T = 0.6;
@@ -823,15 +837,9 @@ static void test_blockwise(void) {
   /* The pruner measured them: owl/attn (index 2) is best. */
   d.iteration = 1;
   fx_history_add(h, &d, req->state, 1, 10, 10, 0);
-  Agentprune__V1__Outcome *o = h->entries[0]->outcome;
-  o->n_probe_results = d.n_probes;
-  o->probe_results = calloc(d.n_probes, sizeof *o->probe_results);
-  for (size_t p = 0; p < d.n_probes; p++) {
-    o->probe_results[p] = malloc(sizeof *o->probe_results[p]);
-    agentprune__v1__probe_result__init(o->probe_results[p]);
-    o->probe_results[p]->label = fx_strdup(d.probes[p]->label);
-    o->probe_results[p]->ppl = p == 2 ? 20.0 : 25.0 + (double)p;
-  }
+  double ppl6[6];
+  for (size_t p = 0; p < 6; p++) ppl6[p] = p == 2 ? 20.0 : 25.0 + (double)p;
+  set_probe_results(h->entries[0], &d, ppl6, d.n_probes < 6 ? d.n_probes : 6);
   double goal[7];
   for (int k = 0; k < 7; k++) goal[k] = plan_target(d.probes[2], t->layers[k]->name, 0);
   ap_decision_clear(&d);
@@ -926,13 +934,7 @@ static void test_blockwise(void) {
     CHECKF(off_grid == 0, "%d plan targets off the grid", off_grid);
     d.iteration = 1;
     fx_history_add(h, &d, req->state, 1, 10, 10, 0);
-    o = h->entries[0]->outcome;
-    o->n_probe_results = 1;
-    o->probe_results = calloc(1, sizeof *o->probe_results);
-    o->probe_results[0] = malloc(sizeof *o->probe_results[0]);
-    agentprune__v1__probe_result__init(o->probe_results[0]);
-    o->probe_results[0]->label = fx_strdup(d.probes[0]->label);
-    o->probe_results[0]->ppl = 11;
+    set_probe_results(h->entries[0], &d, (const double[]){11.0}, 1);
   }
   ap_decision_clear(&d);
   req->iteration = req->state->iteration = 2;
