@@ -775,7 +775,10 @@ static int one_iteration(job *j, char *err, size_t errlen) {
   }
   int changed = 0, probing = d->n_layers == 0 && d->n_probes > 0;
   double *targets = malloc((size_t)j->w.n_layers * sizeof(double));
-  if (!targets) rc = AP_RESOURCE_EXHAUSTED;
+  if (!targets) {
+    snprintf(err, errlen, "out of memory for the layer targets");
+    rc = AP_RESOURCE_EXHAUSTED;
+  }
   for (int i = 0; targets && i < j->w.n_layers; i++) targets[i] = wl_layer_sparsity(&j->w, i);
   for (size_t k = 0; k < d->n_layers && rc == AP_OK; k++) {
     int i = find_layer(j, d->layers[k]->name);
