@@ -255,9 +255,8 @@ static int check_args(const float *w, size_t rows, size_t cols, const uint64_t *
 
 static int check_target(double t) { return (t >= 0.0 && t <= 1.0) ? AP_PRUNE_OK : AP_PRUNE_EINVAL; }
 
-/* Whether the SIMD kernels run for `impl`: 1 yes, 0 no, AP_PRUNE_EINVAL when asked for and absent. */
-static int use_simd(ap_mask_impl impl) {
-  switch (impl) {
+int ap_prune_use_simd(int impl) {
+  switch ((ap_mask_impl)impl) {
   case AP_MASK_IMPL_SCALAR: return 0;
   case AP_MASK_IMPL_SIMD: return ap_mask_simd_available() ? 1 : AP_PRUNE_EINVAL;
   case AP_MASK_IMPL_AUTO: {
@@ -269,7 +268,7 @@ static int use_simd(ap_mask_impl impl) {
   return AP_PRUNE_EINVAL;
 }
 
-int ap_mask_impl_available(ap_mask_impl impl) { return use_simd(impl) >= 0; }
+int ap_mask_impl_available(ap_mask_impl impl) { return ap_prune_use_simd(impl) >= 0; }
 
 /*
  * The SIMD path prefetches the weights of the row this many rows ahead,
@@ -311,7 +310,7 @@ int ap_mask_rows_impl(const float *w, const double *xsq, size_t rows, size_t col
   int rc = check_args(w, rows, cols, mask);
   if (!rc) rc = check_target(target);
   if (rc) return rc;
-  int simd = use_simd(impl);
+  int simd = ap_prune_use_simd(impl);
   if (simd < 0) return simd;
   float *norms = NULL;
   rc = make_norms(xsq, cols, &norms);
@@ -418,7 +417,7 @@ int ap_mask_layer_impl(const float *w, const double *xsq, size_t rows, size_t co
   int rc = check_args(w, rows, cols, mask);
   if (!rc) rc = check_target(target);
   if (rc) return rc;
-  int simd = use_simd(impl);
+  int simd = ap_prune_use_simd(impl);
   if (simd < 0) return simd;
   float *norms = NULL;
   rc = make_norms(xsq, cols, &norms);
@@ -549,7 +548,7 @@ int ap_mask_nm_impl(const float *w, const double *xsq, size_t rows, size_t cols,
   int rc = check_args(w, rows, cols, mask);
   if (!rc) rc = check_nm(n, m);
   if (rc) return rc;
-  int simd = use_simd(impl);
+  int simd = ap_prune_use_simd(impl);
   if (simd < 0) return simd;
   /* the vector kernel takes groups that tile a vector of 8 keys; the rest of a row stays scalar */
   size_t cols8 = simd && (m == 2 || m == 4 || m == 8) ? cols & ~(size_t)7 : 0;

@@ -686,16 +686,48 @@ AVX2 static void layer_mark(const float *w, const float *norms, uint64_t *mask, 
   }
 }
 
-int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k) {
+/*
+ * The candidates of a layer-wide selection around rank k: per thread range
+ * of mask words (in flat order), the keys inside the bracket, and how many
+ * keys lie below it.
+ */
+typedef struct {
+  int nt;
+  size_t below, c;        /* keys (of the padded words) below the bracket; candidates in all */
+  size_t *cnt, *off, *ge; /* per range: candidates, their offset in buf, keys at or above lo */
+  uint32_t *buf;
+} layer_cands;
+
+static void layer_cands_free(layer_cands *lc) {
+  free(lc->cnt);
+  free(lc->off);
+  free(lc->ge);
+  free(lc->buf);
+  memset(lc, 0, sizeof *lc);
+}
+
+/*
+ * Steps 1 and 2 of the layer selection for rank k (k below the number of
+ * surviving weights): pivots from a stratified sample, then one parallel
+ * pass over the weights. Returns AP_PRUNE_OK with rank k inside the
+ * candidates (below <= k < below + c), AP_PRUNE_ENAN, or AP_SIMD_DECLINE
+ * (small layer, no memory, a missed bracket or an overflow); lc owns its
+ * buffers on AP_PRUNE_OK only.
+ */
+AVX2 static int layer_candidates(const float *w, const float *norms, const uint64_t *mask, size_t rows, size_t cols,
+                                 size_t k, layer_cands *lc) {
   size_t n = rows * cols, nw = ap_bitmap_words(n);
+  memset(lc, 0, sizeof *lc);
   if (n < LAYER_MIN) return AP_SIMD_DECLINE;
   int rc = AP_PRUNE_OK;
   int nt = omp_get_max_threads();
+  lc->nt = nt;
   uint32_t *smp = malloc(LAYER_SAMPLE * sizeof *smp);
-  size_t *cap = calloc((size_t)nt, sizeof *cap), *cnt = calloc((size_t)nt, sizeof *cnt);
-  size_t *ge = calloc((size_t)nt, sizeof *ge), *off = calloc((size_t)nt + 1, sizeof *off);
-  uint32_t *buf = NULL, *b2 = NULL;
-  if (!smp || !cap || !cnt || !ge || !off) {
+  size_t *cap = calloc((size_t)nt, sizeof *cap);
+  lc->cnt = calloc((size_t)nt, sizeof *lc->cnt);
+  lc->ge = calloc((size_t)nt, sizeof *lc->ge);
+  lc->off = calloc((size_t)nt + 1, sizeof *lc->off);
+  if (!smp || !cap || !lc->cnt || !lc->ge || !lc->off) {
     rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
@@ -720,11 +752,11 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
   for (int t = 0; t < nt; t++) {
     size_t words = (size_t)(t + 1) * nw / (size_t)nt - (size_t)t * nw / (size_t)nt;
     cap[t] = (size_t)(1.5 * frac * (double)(words * 64)) + 1024;
-    off[t] = total;
+    lc->off[t] = total;
     total += cap[t] + 64;
   }
-  buf = malloc(total * sizeof *buf);
-  if (!buf) {
+  lc->buf = malloc(total * sizeof *lc->buf);
+  if (!lc->buf) {
     rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
@@ -733,7 +765,8 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
 #pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(| : nan, overflow)
   for (int i = 0; i < nt; i++) {
     size_t w0 = (size_t)i * nw / (size_t)nt, w1 = (size_t)(i + 1) * nw / (size_t)nt;
-    nan |= layer_pass(w, norms, mask, n, cols, w0, w1, lo, hi, buf + off[i], cap[i], &cnt[i], &ge[i], &overflow);
+    nan |= layer_pass(w, norms, mask, n, cols, w0, w1, lo, hi, lc->buf + lc->off[i], cap[i], &lc->cnt[i], &lc->ge[i],
+                      &overflow);
   }
   if (nan) {
     rc = AP_PRUNE_ENAN;
@@ -744,49 +777,91 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
     goto done;
   }
   /* keys below lo: every key of the padded words minus those at or above it */
-  size_t below = nw * 64, c = 0;
-  for (int t = 0; t < nt; t++) below -= ge[t];
-  for (int t = 0; t < nt; t++) c += cnt[t];
-  if (k < below || k >= below + c) { /* the sample missed (rare): the exact path */
-    rc = AP_SIMD_DECLINE;
-    goto done;
+  lc->below = nw * 64;
+  for (int t = 0; t < nt; t++) lc->below -= lc->ge[t];
+  for (int t = 0; t < nt; t++) lc->c += lc->cnt[t];
+  if (k < lc->below || k >= lc->below + lc->c) rc = AP_SIMD_DECLINE; /* the sample missed (rare): the exact path */
+done:
+  free(smp);
+  free(cap);
+  if (rc) layer_cands_free(lc);
+  return rc;
+}
+
+/*
+ * Step 3: the key of rank k (inside the candidates) and the keys below and
+ * equal to it, from a copy of the candidates (lc keeps each range's own, in
+ * order, for the tie split of the marking).
+ */
+AVX2 static int layer_cands_select(const layer_cands *lc, size_t k, uint32_t *key, size_t *less, size_t *equal) {
+  uint32_t *b2 = malloc(2 * (lc->c + 8) * sizeof *b2);
+  if (!b2) return AP_SIMD_DECLINE; /* the radix path needs far less memory */
+  size_t c = 0;
+  for (int t = 0; t < lc->nt; t++) {
+    memcpy(b2 + c, lc->buf + lc->off[t], lc->cnt[t] * sizeof *b2);
+    c += lc->cnt[t];
   }
-  /* 3. rank k among the candidates (a copy: each thread's own stay, to count its ties) */
-  b2 = malloc(2 * (c + 8) * sizeof *b2);
-  if (!b2) {
-    rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
-    goto done;
-  }
-  c = 0;
-  for (int t = 0; t < nt; t++) {
-    memcpy(b2 + c, buf + off[t], cnt[t] * sizeof *buf);
-    c += cnt[t];
-  }
-  size_t less, equal;
   pf_cursor none = {NULL, NULL};
-  uint32_t t = select_rounds(b2, c, k - below, b2, b2 + c + 8, &less, &equal, &none);
+  *key = select_rounds(b2, c, k - lc->below, b2, b2 + c + 8, less, equal, &none);
+  *less += lc->below;
+  free(b2);
+  return AP_PRUNE_OK;
+}
+
+int ap_select_layer_avx2(const float *w, const float *norms, const uint64_t *mask, size_t rows, size_t cols,
+                         size_t k, uint32_t *key, size_t *n_less, size_t *n_equal, uint32_t *key_next) {
+  layer_cands lc;
+  int rc = layer_candidates(w, norms, mask, rows, cols, k, &lc);
+  if (rc) return rc;
+  size_t less, equal;
+  rc = layer_cands_select(&lc, k, key, &less, &equal);
+  if (!rc && key_next) {
+    if (k + 1 < less + equal) {
+      *key_next = *key;
+    } else if (k + 1 >= lc.below + lc.c) {
+      rc = AP_SIMD_DECLINE; /* rank k + 1 lies above the bracket (rare) */
+    } else {
+      /* the smallest candidate above the key: the next rank is inside the candidates */
+      uint32_t next = AP_SIMD_PRUNED_KEY;
+      for (int t = 0; t < lc.nt; t++)
+        for (size_t i = 0; i < lc.cnt[t]; i++) {
+          uint32_t v = lc.buf[lc.off[t] + i];
+          if (v > *key && v < next) next = v;
+        }
+      *key_next = next;
+    }
+  }
+  if (!rc && n_less) *n_less = less;
+  if (!rc && n_equal) *n_equal = equal;
+  layer_cands_free(&lc);
+  return rc;
+}
+
+int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k) {
+  layer_cands lc;
+  int rc = layer_candidates(w, norms, mask, rows, cols, k, &lc);
+  if (rc) return rc;
+  size_t n = rows * cols, nw = ap_bitmap_words(n), less, equal;
+  uint32_t t;
+  rc = layer_cands_select(&lc, k, &t, &less, &equal);
+  if (rc) goto done;
   /* 4. mark: below t, and the first `quota` ties in flat order, shared out by thread range */
-  size_t quota = k + 1 - (below + less);
+  int nt = lc.nt;
+  size_t quota = k + 1 - less;
   int all = quota == equal;
   for (int i = 0; i < nt && !all; i++) {
     size_t lt, eq;
-    count_lt_eq(buf + off[i], cnt[i], t, &lt, &eq); /* every surviving tie of range i is a candidate */
-    ge[i] = eq < quota ? eq : quota;                /* reused: range i's share of the ties */
-    quota -= ge[i];
+    count_lt_eq(lc.buf + lc.off[i], lc.cnt[i], t, &lt, &eq); /* every surviving tie of range i is a candidate */
+    lc.ge[i] = eq < quota ? eq : quota;                       /* reused: range i's share of the ties */
+    quota -= lc.ge[i];
   }
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
   for (int i = 0; i < nt; i++) {
     size_t w0 = (size_t)i * nw / (size_t)nt, w1 = (size_t)(i + 1) * nw / (size_t)nt;
-    layer_mark(w, norms, mask, n, cols, w0, w1, t, all, all ? 0 : ge[i]);
+    layer_mark(w, norms, mask, n, cols, w0, w1, t, all, all ? 0 : lc.ge[i]);
   }
 done:
-  free(smp);
-  free(cap);
-  free(cnt);
-  free(ge);
-  free(off);
-  free(buf);
-  free(b2);
+  layer_cands_free(&lc);
   return rc;
 }
 
@@ -898,6 +973,13 @@ void ap_simd_sort_sample(uint32_t *x, size_t s) {
 
 int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k) {
   (void)w, (void)norms, (void)mask, (void)rows, (void)cols, (void)k;
+  return AP_SIMD_DECLINE;
+}
+
+int ap_select_layer_avx2(const float *w, const float *norms, const uint64_t *mask, size_t rows, size_t cols,
+                         size_t k, uint32_t *key, size_t *n_less, size_t *n_equal, uint32_t *key_next) {
+  (void)w, (void)norms, (void)mask, (void)rows, (void)cols, (void)k, (void)key, (void)n_less, (void)n_equal,
+      (void)key_next;
   return AP_SIMD_DECLINE;
 }
 

@@ -27,6 +27,14 @@
 /* 1 when this build and CPU run the AVX2 kernels (AVX2 and POPCNT), else 0. */
 int ap_mask_simd_available(void);
 
+/*
+ * Whether the AVX2 kernels run for an ap_mask_impl (mask.h; an int here so
+ * this header needs no other): 1 yes, 0 no, AP_PRUNE_EINVAL for SIMD on a
+ * machine without it or an unknown value. AUTO honours APK_CPU_SIMD=0.
+ * Defined in mask.c; stats.c asks it too.
+ */
+int ap_prune_use_simd(int impl);
+
 /* Scratch of one thread for ap_mask_row_avx2: three buffers of cols keys (+8), the first sample's columns. */
 typedef struct {
   uint32_t *keys, *a, *b;
@@ -70,6 +78,18 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
  * caller then runs the scalar path.
  */
 int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k);
+
+/*
+ * ap_score_select_layer's order statistic (score.h: the k-th smallest key
+ * among the surviving weights, k below their number; n_less / n_equal
+ * optional) from one pass over the weights; OpenMP inside. key_next, when
+ * not NULL, also receives the key of rank k + 1 (the caller makes sure
+ * there is one): a percentile's two neighbours from the same pass. Returns
+ * AP_PRUNE_OK, AP_PRUNE_ENAN, or AP_SIMD_DECLINE (as ap_mask_layer_avx2,
+ * nothing written): the caller then runs the radix select.
+ */
+int ap_select_layer_avx2(const float *w, const float *norms, const uint64_t *mask, size_t rows, size_t cols,
+                         size_t k, uint32_t *key, size_t *n_less, size_t *n_equal, uint32_t *key_next);
 
 /*
  * One row of ap_mask_nm for m in {2, 4, 8}, over its first cols8 columns

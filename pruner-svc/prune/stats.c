@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "bitmap.h"
+#include "mask_simd.h"
 #include "prune_error.h"
 #include "select.h"
 
@@ -26,10 +27,12 @@ static int layer_norms(const ap_layer_ref *l, float **norms) {
   return rc;
 }
 
-int ap_stats_score_percentile(const ap_layer_ref *l, double p, double *out) {
+int ap_stats_score_percentile_impl(const ap_layer_ref *l, double p, double *out, ap_mask_impl impl) {
   int rc = check_layer(l);
   if (rc) return rc;
   if (!out || !(p >= 0.0 && p <= 100.0)) return AP_PRUNE_EINVAL;
+  int simd = ap_prune_use_simd(impl);
+  if (simd < 0) return simd;
   size_t n = l->rows * l->cols;
   size_t survivors = n - (l->mask ? ap_bitmap_count(l->mask, n) : 0);
   if (survivors == 0) {
@@ -43,13 +46,24 @@ int ap_stats_score_percentile(const ap_layer_ref *l, double p, double *out) {
   double g;
   uint32_t k_lo, k_hi;
   ap_percentile_index(survivors, p, &lo, &hi, &g);
-  rc = ap_score_select_layer(l->w, norms, l->mask, l->rows, l->cols, lo, &k_lo, &less, &equal);
-  k_hi = k_lo;
-  if (!rc && hi != lo && less + equal <= hi)
-    rc = ap_score_select_layer(l->w, norms, l->mask, l->rows, l->cols, hi, &k_hi, NULL, NULL);
+  rc = simd ? ap_select_layer_avx2(l->w, norms, l->mask, l->rows, l->cols, lo, &k_lo, NULL, NULL,
+                                   hi != lo ? &k_hi : NULL)
+            : AP_SIMD_DECLINE;
+  if (rc == AP_SIMD_DECLINE) {
+    rc = ap_score_select_layer(l->w, norms, l->mask, l->rows, l->cols, lo, &k_lo, &less, &equal);
+    k_hi = k_lo;
+    if (!rc && hi != lo && less + equal <= hi)
+      rc = ap_score_select_layer(l->w, norms, l->mask, l->rows, l->cols, hi, &k_hi, NULL, NULL);
+  } else if (hi == lo) {
+    k_hi = k_lo;
+  }
   if (!rc) *out = ap_percentile_lerp((double)ap_score_from_key(k_lo), (double)ap_score_from_key(k_hi), g);
   free(norms);
   return rc;
+}
+
+int ap_stats_score_percentile(const ap_layer_ref *l, double p, double *out) {
+  return ap_stats_score_percentile_impl(l, p, out, AP_MASK_IMPL_AUTO);
 }
 
 int ap_stats_grad_mean(const float *grad_sum, const uint64_t *mask, size_t n, double grad_div, double *out) {

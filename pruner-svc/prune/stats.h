@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mask.h"
 #include "score.h"
 
 #ifdef __cplusplus
@@ -43,11 +44,22 @@ typedef struct {
 
 /*
  * *out = percentile p (0..100) of the scores of the surviving weights of
- * layer l (xsq NULL: magnitudes). Linear time (layer-wide radix select, no
- * buffer of scores). Errors: AP_PRUNE_EINVAL (NULL, zero size, p outside
- * [0,100]), AP_PRUNE_ENAN (NaN score or negative xsq), AP_PRUNE_ENOMEM.
+ * layer l (xsq NULL: magnitudes). Linear time, no full buffer of scores:
+ * with AVX2 one pass over the weights (the sampled bracket of
+ * ap_mask_layer, both neighbours of the percentile from it), else a
+ * layer-wide radix select (three passes per order statistic). Errors:
+ * AP_PRUNE_EINVAL (NULL, zero size, p outside [0,100]), AP_PRUNE_ENAN (NaN
+ * score or negative xsq), AP_PRUNE_ENOMEM.
  */
 int ap_stats_score_percentile(const ap_layer_ref *l, double p, double *out);
+
+/*
+ * ap_stats_score_percentile with an explicit implementation (mask.h's
+ * ap_mask_impl; tests and benchmarks). Both give the same value bit for bit.
+ * Errors: those above, and AP_PRUNE_EINVAL for AP_MASK_IMPL_SIMD on a
+ * machine without it.
+ */
+int ap_stats_score_percentile_impl(const ap_layer_ref *l, double p, double *out, ap_mask_impl impl);
 
 /*
  * *out = mean over the n weights not pruned by mask (NULL: all) of

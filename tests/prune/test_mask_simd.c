@@ -21,6 +21,11 @@
  * Layer scope (ap_mask_layer_impl, one-pass sampled select over the whole
  * matrix for layers of 2^16 weights and more): the same comparison, with
  * widths whose words wrap rows, ties, masks, NaN and targets at the ends.
+ *
+ * Percentile (ap_stats_score_percentile_impl, the profile's s = p10, whose
+ * AVX2 path takes both neighbouring order statistics from the layer pass):
+ * the same value bit for bit as the radix path, and both equal to numpy's
+ * 'linear' percentile of the sorted surviving scores.
  */
 #include <math.h>
 #include <omp.h>
@@ -33,6 +38,8 @@
 #include "mask.h"
 #include "mask_simd.h"
 #include "prune_error.h"
+#include "select.h"
+#include "stats.h"
 
 static uint64_t rng_state = 4242;
 static uint32_t rnd(void) {
@@ -398,6 +405,73 @@ static void test_layer(void) {
   CHECKF(bad == 0, "%d of %d layer runs differ between SIMD and scalar", bad, runs);
 }
 
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+/* One percentile case: SIMD, scalar and the sorted survivors agree. */
+static void pct_case(int *runs, int *bad, size_t rows, size_t cols, double p, int magnitude, int kind, double density,
+                     int nans) {
+  size_t n = rows * cols;
+  float *w = malloc(n * sizeof *w), *sorted = malloc(n * sizeof *sorted);
+  double *xsq = malloc(cols * sizeof *xsq);
+  for (size_t r = 0; r < rows; r++) {
+    int kd = kind >= 0 ? kind : (int)(rnd() % ROW_KINDS);
+    if (kd == ROW_TINY && nans == 0) kd = ROW_GAUSS; /* inf * 0 would be a NaN */
+    for (size_t j = 0; j < cols; j++) w[r * cols + j] = row_value(kd, j, cols);
+  }
+  for (size_t j = 0; j < cols; j++) xsq[j] = kind == ROW_FEW ? (double)(1 + rnd() % 2) : exp(2 * gauss()) * 100.0;
+  for (int i = 0; i < nans; i++) w[rnd() % n] = NAN;
+  uint64_t *mask = ap_bitmap_alloc(n);
+  for (size_t i = 0; i < n; i++)
+    if (unif() < density) ap_bitmap_set(mask, i);
+  ap_layer_ref l = {w, magnitude ? NULL : xsq, mask, rows, cols};
+  double vs = -1, vv = -2;
+  int a = ap_stats_score_percentile_impl(&l, p, &vs, AP_MASK_IMPL_SCALAR);
+  int b = ap_stats_score_percentile_impl(&l, p, &vv, AP_MASK_IMPL_SIMD);
+  double want = 0.0;
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!ap_bitmap_get(mask, i)) sorted[m++] = fabsf(w[i]) * (magnitude ? 1.0f : (float)sqrt(xsq[i % cols]));
+  if (m && !nans) {
+    qsort(sorted, m, sizeof *sorted, cmp_float);
+    size_t lo, hi;
+    double g;
+    ap_percentile_index(m, p, &lo, &hi, &g);
+    want = ap_percentile_lerp(sorted[lo], sorted[hi], g);
+  }
+  (*runs)++;
+  int ok = a == b && (a != AP_PRUNE_OK || memcmp(&vs, &vv, sizeof vs) == 0);
+  if (nans) ok = ok && a == AP_PRUNE_ENAN;
+  else ok = ok && a == AP_PRUNE_OK && vs == want;
+  if (!ok && (*bad)++ < 3)
+    fprintf(stderr, "  percentile differ: %zux%zu p %.3f %s kind %d density %.2f nans %d: rc %d %d, %.9g %.9g want %.9g\n",
+            rows, cols, p, magnitude ? "magnitude" : "wanda", kind, density, nans, a, b, vs, vv, want);
+  free(w);
+  free(sorted);
+  free(xsq);
+  free(mask);
+}
+
+static void test_percentile(void) {
+  int runs = 0, bad = 0;
+  const size_t shapes[][2] = {{256, 256}, {64, 1100}, {700, 97}, {33, 4096}, {1, 70000}, {20, 333}};
+  for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+    size_t rows = shapes[si][0], cols = shapes[si][1];
+    const double ps[] = {10.0, 0.0, 100.0, 50.0, 99.9, 100.0 * unif()};
+    for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++)
+      pct_case(&runs, &bad, rows, cols, ps[pi], (int)(pi % 2), -1, pi % 3 ? 0.0 : 0.4, 0);
+    pct_case(&runs, &bad, rows, cols, 10.0, 0, ROW_FEW, 0.2, 0);   /* ties at and beside the percentile */
+    pct_case(&runs, &bad, rows, cols, 10.0, 1, ROW_CONST, 0.0, 0); /* one value */
+    pct_case(&runs, &bad, rows, cols, 10.0, 0, ROW_GAP, 0.0, 0);   /* two clusters */
+    pct_case(&runs, &bad, rows, cols, 10.0, 0, ROW_ZEROS, 0.0, 0); /* mostly signed zeros */
+    pct_case(&runs, &bad, rows, cols, 10.0, 0, ROW_GAUSS, 0.9, 0); /* most weights pruned */
+    pct_case(&runs, &bad, rows, cols, 10.0, 0, ROW_GAUSS, 0.0, 2); /* NaN: ENAN from both */
+  }
+  CHECKF(bad == 0, "%d of %d percentile runs differ between SIMD, scalar and the sort", bad, runs);
+}
+
 static int cmp_u32(const void *a, const void *b) {
   uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
   return (x > y) - (x < y);
@@ -453,5 +527,6 @@ int main(void) {
   test_threads();
   test_nm();
   test_layer();
+  test_percentile();
   TEST_DONE();
 }
