@@ -35,11 +35,16 @@
  * group from compares with rotated copies of a vector of 8 keys; one pass.
  *
  * Whole layer (ap_mask_layer) with AVX2: the same sampled bracket over the
- * flat matrix (16384 keys), one parallel pass that counts and compacts the
- * candidates per thread range, the row rounds on them, then one marking
- * pass whose ties are shared out between the thread ranges in flat order.
- * Small layers, and the rare bracket that misses, take the scalar path: a
- * radix select (three passes, score.c) and mark_layer.
+ * flat matrix (up to 65536 keys, in runs of 8 contiguous weights so the
+ * sample waits on memory once per run), one parallel pass that compacts the
+ * candidates with their indices per thread range and records, per mask
+ * word, the keys below the bracket; the row rounds on the candidates give
+ * t; the marking then needs only that record (the words' bits below the
+ * bracket, the candidates below t, and the ties shared out between the
+ * thread ranges in flat order), so the weights are read once. Small layers,
+ * and the rare bracket that misses, take the scalar path: a radix select
+ * (three passes, score.c) and mark_layer. The profile's p10 statistic
+ * (stats.c) uses the same pass without the marking record.
  */
 #include "mask.h"
 

@@ -120,10 +120,10 @@ int ap_mask_nm_impl(const float *w, const double *xsq, size_t rows, size_t cols,
  * pruned. With xsq == NULL this is locuslab/wanda's prune_magnitude
  * (unstructured branch), except that it prunes exactly that many weights:
  * the original keeps W_metric <= sort(W_metric)[int(numel*t)], i.e. one
- * weight more plus every weight tied with the threshold. Two parallel
- * passes over w with AVX2 (a sampled bracket around the threshold, then the
- * marking; see mask.c), else a radix selection in three passes and the
- * marking.
+ * weight more plus every weight tied with the threshold. One parallel
+ * pass over w with AVX2 (a sampled bracket around the threshold; the
+ * marking works from what the pass recorded; see mask.c), else a radix
+ * selection in three passes and the marking.
  */
 int ap_mask_layer(const float *w, const double *xsq, size_t rows, size_t cols, double target, uint64_t *mask,
                   ap_mask_report *rep);

@@ -575,32 +575,47 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
 
 /*
  * Whole-layer selection (ap_mask_layer): the same bracket idea over the
- * flat matrix. A stratified sample of LAYER_SAMPLE keys, two pivots
+ * flat matrix. A stratified sample of up to 65536 keys, two pivots
  * 3 standard deviations + 2 sample ranks around rank k (a miss is rare, and
  * costs only the radix path the caller falls back to), one parallel pass
  * that counts the keys below the bracket and compacts those inside into a
- * buffer per thread (~2-5% of the layer), then the row kernel's rounds on
+ * buffer per thread (~1-3% of the layer), then the row kernel's rounds on
  * the candidates. One read of the weights instead of the radix select's
- * three.
+ * three (and the marking's one more).
  */
-#define LAYER_SAMPLE 16384
+#define LAYER_RUN 8 /* sample keys are taken in runs of contiguous weights: one memory wait per run */
+/*
+ * Sample runs at most: 65536 keys when marking (a bracket of about 1.2% of
+ * the layer at the median; fewer candidates to select and mark), 16384 for
+ * an order statistic alone (the selection among the candidates is cheap,
+ * the larger sample is not).
+ */
+#define LAYER_RUNS_MARK 8192
+#define LAYER_RUNS_STAT 2048
 #define LAYER_MIN ((size_t)1 << 16) /* below this the radix select is as fast */
 
 /*
  * Keys of one mask word (len <= 64 weights from flat index base, whose column
  * is col) into k[64], pruned weights and the padding as AP_SIMD_PRUNED_KEY.
+ * has_mask 0 (a constant at every call) skips the pruned-lane blend.
  */
 AVX2_INLINE void layer_word_keys(const float *w, const float *norms, size_t cols, size_t base, size_t col,
-                                 unsigned len, uint64_t bits, uint32_t *k, __m256i *vmax) {
+                                 unsigned len, int has_mask, uint64_t bits, uint32_t *k, __m256i *vmax) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
   if (len == 64 && (!norms || col + 64 <= cols)) {
     for (unsigned i = 0; i < 64; i += 8) {
       __m256 a = _mm256_and_ps(_mm256_loadu_ps(w + base + i), absm);
       if (norms) a = _mm256_mul_ps(a, _mm256_loadu_ps(norms + col + i));
-      __m256i v = _mm256_castps_si256(a), p = lanes_of_bits((unsigned)(bits >> i) & 0xffu);
-      *vmax = _mm256_max_epu32(*vmax, _mm256_andnot_si256(p, v));
-      _mm256_storeu_si256((__m256i *)(void *)(k + i), _mm256_blendv_epi8(v, pk, p));
+      __m256i v = _mm256_castps_si256(a);
+      if (has_mask) {
+        __m256i p = lanes_of_bits((unsigned)(bits >> i) & 0xffu);
+        *vmax = _mm256_max_epu32(*vmax, _mm256_andnot_si256(p, v));
+        v = _mm256_blendv_epi8(v, pk, p);
+      } else {
+        *vmax = _mm256_max_epu32(*vmax, v);
+      }
+      _mm256_storeu_si256((__m256i *)(void *)(k + i), v);
     }
     return;
   }
@@ -621,27 +636,53 @@ AVX2_INLINE void layer_word_keys(const float *w, const float *norms, size_t cols
 }
 
 /*
- * One thread's share of the pass: words [w0, w1). Compacts into out (cap
- * keys, 64 of slack after them), returns 1 when a surviving key is NaN;
- * *overflow = 1 when the candidates do not fit.
+ * One thread's share of the pass: words [w0, w1). Compacts the keys in
+ * [lo, hi] into out (cap keys, 64 of slack after them), returns 1 when a
+ * surviving key is NaN; *overflow = 1 when the candidates do not fit. With
+ * `marks` (for the marking, so that the weights are read once) it also
+ * compacts each candidate's index from w0 * 64 into idx, in step with out,
+ * and writes below[wi], the word's keys under lo, for every word.
  */
-AVX2 static int layer_pass(const float *w, const float *norms, const uint64_t *mask, size_t n, size_t cols, size_t w0,
-                           size_t w1, uint32_t lo, uint32_t hi, uint32_t *out, size_t cap, size_t *cnt, size_t *ge,
-                           int *overflow) {
+AVX2_INLINE int layer_pass_impl(const float *w, const float *norms, const uint64_t *mask, size_t n, size_t cols,
+                                size_t w0, size_t w1, uint32_t lo, uint32_t hi, uint32_t *out, size_t cap,
+                                size_t *cnt, size_t *ge, int *overflow, int marks, uint32_t *idx, uint64_t *below) {
   uint32_t kk[64];
   size_t c = 0, col = (w0 * 64) % cols;
   const __m256i vlo1 = _mm256_set1_epi32((int)lo - 1), vhi = _mm256_set1_epi32((int)hi);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256i gcnt = _mm256_setzero_si256(), vmax = _mm256_setzero_si256();
   for (size_t wi = w0; wi < w1; wi++) {
     size_t base = wi * 64;
     unsigned len = n - base < 64 ? (unsigned)(n - base) : 64;
-    layer_word_keys(w, norms, cols, base, col, len, mask ? mask[wi] : 0, kk, &vmax);
+    if (mask) layer_word_keys(w, norms, cols, base, col, len, 1, mask[wi], kk, &vmax);
+    else layer_word_keys(w, norms, cols, base, col, len, 0, 0, kk, &vmax);
     if (c + 64 > cap) { /* more candidates than planned: the exact path does it */
       *overflow = 1;
       break;
     }
-    for (unsigned i = 0; i < 64; i += 8)
-      gcnt = bracket8(_mm256_loadu_si256((const __m256i *)(const void *)(kk + i)), vlo1, vhi, gcnt, out, &c);
+    if (!marks) {
+      for (unsigned i = 0; i < 64; i += 8)
+        gcnt = bracket8(_mm256_loadu_si256((const __m256i *)(const void *)(kk + i)), vlo1, vhi, gcnt, out, &c);
+    } else {
+      uint64_t bl = 0;
+      uint32_t rel = (uint32_t)(base - w0 * 64);
+      for (unsigned i = 0; i < 64; i += 8) {
+        __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)(kk + i));
+        __m256i g = _mm256_cmpgt_epi32(k, vlo1);
+        __m256i inside = _mm256_andnot_si256(_mm256_cmpgt_epi32(k, vhi), g);
+        unsigned keep = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(inside));
+        if (keep) { /* a few percent of the keys: most groups have none, and the branch predicts well */
+          __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)&compact_lut[keep]));
+          __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)(rel + i)), lane);
+          _mm256_storeu_si256((__m256i *)(void *)(out + c), _mm256_permutevar8x32_epi32(k, perm));
+          _mm256_storeu_si256((__m256i *)(void *)(idx + c), _mm256_permutevar8x32_epi32(ix, perm));
+          c += (size_t)__builtin_popcount(keep);
+        }
+        gcnt = _mm256_sub_epi32(gcnt, g);
+        bl |= (uint64_t)(~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g)) & 0xffu) << i;
+      }
+      below[wi] = bl; /* the padding lanes hold pruned keys: never below */
+    }
     for (col += 64; col >= cols;) col -= cols;
   }
   *cnt = c;
@@ -649,40 +690,32 @@ AVX2 static int layer_pass(const float *w, const float *norms, const uint64_t *m
   return hmax_epu32(vmax) > AP_SCORE_INF_KEY;
 }
 
+AVX2 static int layer_pass(const float *w, const float *norms, const uint64_t *mask, size_t n, size_t cols, size_t w0,
+                           size_t w1, uint32_t lo, uint32_t hi, uint32_t *out, size_t cap, size_t *cnt, size_t *ge,
+                           int *overflow, uint32_t *idx, uint64_t *below) {
+  /* two instances: the percentile needs neither indices nor the bits below */
+  if (idx) return layer_pass_impl(w, norms, mask, n, cols, w0, w1, lo, hi, out, cap, cnt, ge, overflow, 1, idx, below);
+  return layer_pass_impl(w, norms, mask, n, cols, w0, w1, lo, hi, out, cap, cnt, ge, overflow, 0, NULL, NULL);
+}
+
 /*
- * One thread's share of the marking: words [w0, w1), every key below t (all
- * ties too when `all`), else the first `ties` surviving keys equal to t.
- * Pruned weights below t get their bit again, which changes nothing.
+ * One thread's share of the marking, from the pass's record alone: words
+ * [w0, w1) get their keys below lo, then the candidates (in flat order)
+ * below t, and all ties too when `all`, else the first `ties` of them.
+ * Ranges are whole words, so no two threads write one word.
  */
-AVX2 static void layer_mark(const float *w, const float *norms, uint64_t *mask, size_t n, size_t cols, size_t w0,
-                            size_t w1, uint32_t t, int all, size_t ties) {
-  uint32_t kk[64];
-  size_t col = (w0 * 64) % cols;
-  /* key <= t is key < t + 1; t is a finite or infinite score, so t + 1 does not overflow */
-  const __m256i vlt = _mm256_set1_epi32((int)(all ? t + 1 : t)), veq = _mm256_set1_epi32((int)t);
-  __m256i unused = _mm256_setzero_si256();
-  for (size_t wi = w0; wi < w1; wi++) {
-    size_t base = wi * 64;
-    unsigned len = n - base < 64 ? (unsigned)(n - base) : 64;
-    layer_word_keys(w, norms, cols, base, col, len, 0, kk, &unused);
-    uint64_t bits = 0, eq = 0;
-    for (unsigned i = 0; i < 64; i += 8) {
-      __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)(kk + i));
-      bits |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vlt, k))) << i;
-      if (ties) eq |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(veq, k))) << i;
+static void layer_mark(uint64_t *mask, size_t w0, size_t w1, const uint64_t *below, const uint32_t *keys,
+                       const uint32_t *idx, size_t cnt, uint32_t t, int all, size_t ties) {
+  for (size_t wi = w0; wi < w1; wi++) mask[wi] |= below[wi];
+  size_t base = w0 * 64;
+  for (size_t i = 0; i < cnt; i++) {
+    uint32_t v = keys[i];
+    int take = v < t;
+    if (v == t && (all || ties)) {
+      take = 1;
+      ties -= !all;
     }
-    if (eq) {
-      eq &= ~mask[wi]; /* surviving ties only */
-      size_t ne = (size_t)__builtin_popcountll(eq);
-      if (ne <= ties) {
-        ties -= ne;
-        bits |= eq;
-      } else {
-        for (; ties; ties--, eq &= eq - 1) bits |= eq & (~eq + 1);
-      }
-    }
-    mask[wi] |= bits;
-    for (col += 64; col >= cols;) col -= cols;
+    if (take) ap_bitmap_set(mask, base + idx[i]);
   }
 }
 
@@ -696,6 +729,8 @@ typedef struct {
   size_t below, c;        /* keys (of the padded words) below the bracket; candidates in all */
   size_t *cnt, *off, *ge; /* per range: candidates, their offset in buf, keys at or above lo */
   uint32_t *buf;
+  uint32_t *idx;        /* with marks: each candidate's index from its range's first word (buf's layout) */
+  uint64_t *below_bits; /* with marks: per mask word, its surviving keys below the bracket */
 } layer_cands;
 
 static void layer_cands_free(layer_cands *lc) {
@@ -703,26 +738,32 @@ static void layer_cands_free(layer_cands *lc) {
   free(lc->off);
   free(lc->ge);
   free(lc->buf);
+  free(lc->idx);
+  free(lc->below_bits);
   memset(lc, 0, sizeof *lc);
 }
 
 /*
  * Steps 1 and 2 of the layer selection for rank k (k below the number of
  * surviving weights): pivots from a stratified sample, then one parallel
- * pass over the weights. Returns AP_PRUNE_OK with rank k inside the
+ * pass over the weights (with `marks`, also what the marking needs, so the
+ * weights are read once; see layer_pass). Returns AP_PRUNE_OK with rank k inside the
  * candidates (below <= k < below + c), AP_PRUNE_ENAN, or AP_SIMD_DECLINE
  * (small layer, no memory, a missed bracket or an overflow); lc owns its
  * buffers on AP_PRUNE_OK only.
  */
 AVX2 static int layer_candidates(const float *w, const float *norms, const uint64_t *mask, size_t rows, size_t cols,
-                                 size_t k, layer_cands *lc) {
+                                 size_t k, int marks, layer_cands *lc) {
   size_t n = rows * cols, nw = ap_bitmap_words(n);
   memset(lc, 0, sizeof *lc);
   if (n < LAYER_MIN) return AP_SIMD_DECLINE;
   int rc = AP_PRUNE_OK;
   int nt = omp_get_max_threads();
+  /* indices are 32-bit from the start of a range */
+  if (marks && (nw / (size_t)nt + 1) * 64 > UINT32_MAX) return AP_SIMD_DECLINE;
   lc->nt = nt;
-  uint32_t *smp = malloc(LAYER_SAMPLE * sizeof *smp);
+  size_t runs_max = marks ? LAYER_RUNS_MARK : LAYER_RUNS_STAT;
+  uint32_t *smp = malloc((n / 128 < runs_max ? n / 128 : runs_max) * LAYER_RUN * sizeof *smp);
   size_t *cap = calloc((size_t)nt, sizeof *cap);
   lc->cnt = calloc((size_t)nt, sizeof *lc->cnt);
   lc->ge = calloc((size_t)nt, sizeof *lc->ge);
@@ -731,23 +772,32 @@ AVX2 static int layer_candidates(const float *w, const float *norms, const uint6
     rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
-  /* 1. pivots from a stratified sample (sign bits cleared: a NaN stays above every score) */
-  uint64_t x = 0x9E3779B97F4A7C15ull ^ n;
-  for (size_t i = 0; i < LAYER_SAMPLE; i++) {
-    size_t lo = (size_t)((double)i * (double)n / LAYER_SAMPLE);
-    size_t hi = (size_t)((double)(i + 1) * (double)n / LAYER_SAMPLE);
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    size_t j = lo + (size_t)(((x >> 32) * (uint64_t)(hi - lo)) >> 32);
-    uint32_t v = ap_score_bits(norms ? fabsf(w[j]) * norms[j % cols] : fabsf(w[j])) & 0x7fffffffu;
-    smp[i] = mask && ap_bitmap_get(mask, j) ? AP_SIMD_PRUNED_KEY : v;
+  /* 1. pivots from a stratified sample of runs (sign bits cleared: a NaN stays above every score) */
+  size_t runs = n / 128 < runs_max ? n / 128 : runs_max, S = runs * LAYER_RUN;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (size_t i = 0; i < runs; i++) {
+    size_t lo = (size_t)((double)i * (double)n / (double)runs);
+    size_t hi = (size_t)((double)(i + 1) * (double)n / (double)runs) - LAYER_RUN; /* runs stay inside */
+    uint64_t x = (0x9E3779B97F4A7C15ull ^ n) + i * 0xBF58476D1CE4E5B9ull; /* splitmix64 of the run */
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    size_t j0 = lo + (size_t)(((x >> 32) * (uint64_t)(hi - lo + 1)) >> 32);
+    for (size_t r = 0; r < LAYER_RUN; r++) {
+      size_t j = j0 + r;
+      uint32_t v = ap_score_bits(norms ? fabsf(w[j]) * norms[j % cols] : fabsf(w[j])) & 0x7fffffffu;
+      smp[i * LAYER_RUN + r] = mask && ap_bitmap_get(mask, j) ? AP_SIMD_PRUNED_KEY : v;
+    }
   }
-  double p = ((double)k + 0.5) / (double)n, q = p * LAYER_SAMPLE;
-  double d = 3.0 * sqrt(LAYER_SAMPLE * p * (1.0 - p)) + 2.0;
+  double p = ((double)k + 0.5) / (double)n, q = p * (double)S;
+  double d = 3.0 * sqrt((double)S * p * (1.0 - p)) + 2.0;
   double qlo = floor(q - d), qhi = ceil(q + d);
-  uint32_t lo = qlo > 0 ? ap_select_u32_inplace(smp, LAYER_SAMPLE, (size_t)qlo) : 0;
-  uint32_t hi = qhi < LAYER_SAMPLE - 1 ? ap_select_u32_inplace(smp, LAYER_SAMPLE, (size_t)qhi) : AP_SIMD_PRUNED_KEY;
+  /* the first select leaves everything above qlo behind it: the second looks only there */
+  uint32_t lo = qlo > 0 ? ap_select_u32_inplace(smp, S, (size_t)qlo) : 0;
+  size_t from = qlo > 0 ? (size_t)qlo + 1 : 0;
+  uint32_t hi = qhi < (double)S - 1 ? ap_select_u32_inplace(smp + from, S - from, (size_t)qhi - from) : AP_SIMD_PRUNED_KEY;
   /* 2. one pass: count keys at or above lo, compact those in [lo, hi] (capacity: 1.5x the expectation) */
-  double frac = (qhi - qlo + 1.0) / LAYER_SAMPLE;
+  double frac = (qhi - qlo + 1.0) / (double)S;
   size_t total = 0;
   for (int t = 0; t < nt; t++) {
     size_t words = (size_t)(t + 1) * nw / (size_t)nt - (size_t)t * nw / (size_t)nt;
@@ -756,7 +806,11 @@ AVX2 static int layer_candidates(const float *w, const float *norms, const uint6
     total += cap[t] + 64;
   }
   lc->buf = malloc(total * sizeof *lc->buf);
-  if (!lc->buf) {
+  if (marks) {
+    lc->idx = malloc(total * sizeof *lc->idx);
+    lc->below_bits = malloc(nw * sizeof *lc->below_bits);
+  }
+  if (!lc->buf || (marks && (!lc->idx || !lc->below_bits))) {
     rc = AP_SIMD_DECLINE; /* the radix path needs far less memory */
     goto done;
   }
@@ -766,7 +820,7 @@ AVX2 static int layer_candidates(const float *w, const float *norms, const uint6
   for (int i = 0; i < nt; i++) {
     size_t w0 = (size_t)i * nw / (size_t)nt, w1 = (size_t)(i + 1) * nw / (size_t)nt;
     nan |= layer_pass(w, norms, mask, n, cols, w0, w1, lo, hi, lc->buf + lc->off[i], cap[i], &lc->cnt[i], &lc->ge[i],
-                      &overflow);
+                      &overflow, marks ? lc->idx + lc->off[i] : NULL, lc->below_bits);
   }
   if (nan) {
     rc = AP_PRUNE_ENAN;
@@ -811,7 +865,7 @@ AVX2 static int layer_cands_select(const layer_cands *lc, size_t k, uint32_t *ke
 int ap_select_layer_avx2(const float *w, const float *norms, const uint64_t *mask, size_t rows, size_t cols,
                          size_t k, uint32_t *key, size_t *n_less, size_t *n_equal, uint32_t *key_next) {
   layer_cands lc;
-  int rc = layer_candidates(w, norms, mask, rows, cols, k, &lc);
+  int rc = layer_candidates(w, norms, mask, rows, cols, k, 0, &lc);
   if (rc) return rc;
   size_t less, equal;
   rc = layer_cands_select(&lc, k, key, &less, &equal);
@@ -839,7 +893,7 @@ int ap_select_layer_avx2(const float *w, const float *norms, const uint64_t *mas
 
 int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_t rows, size_t cols, size_t k) {
   layer_cands lc;
-  int rc = layer_candidates(w, norms, mask, rows, cols, k, &lc);
+  int rc = layer_candidates(w, norms, mask, rows, cols, k, 1, &lc);
   if (rc) return rc;
   size_t n = rows * cols, nw = ap_bitmap_words(n), less, equal;
   uint32_t t;
@@ -858,7 +912,8 @@ int ap_mask_layer_avx2(const float *w, const float *norms, uint64_t *mask, size_
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
   for (int i = 0; i < nt; i++) {
     size_t w0 = (size_t)i * nw / (size_t)nt, w1 = (size_t)(i + 1) * nw / (size_t)nt;
-    layer_mark(w, norms, mask, n, cols, w0, w1, t, all, all ? 0 : lc.ge[i]);
+    size_t o = lc.off[i];
+    layer_mark(mask, w0, w1, lc.below_bits, lc.buf + o, lc.idx + o, lc.cnt[i], t, all, all ? 0 : lc.ge[i]);
   }
 done:
   layer_cands_free(&lc);

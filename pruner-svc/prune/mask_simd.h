@@ -71,7 +71,7 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
 /*
  * The selection and marking of ap_mask_layer (k = the rank, among the
  * surviving weights, of the last one to prune; k below their number), with
- * the same result, from two passes over the weights; OpenMP inside. Returns
+ * the same result, from one pass over the weights; OpenMP inside. Returns
  * AP_PRUNE_OK, AP_PRUNE_ENAN (mask untouched), or AP_SIMD_DECLINE, mask
  * untouched, for small layers, when its sampled bracket misses or its
  * candidates overflow (rare), or when its buffers cannot be allocated: the
