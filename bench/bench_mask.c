@@ -15,6 +15,14 @@
  * ceiling of a step that reads them once (below 1 where writes stream as
  * fast as reads).
  *
+ * Bound: each step is also timed on a layer that stays in the cache (128
+ * rows per thread, repeated), which is its compute alone. "read/step" is
+ * the read-only pass's time over the step's time on the big layer (1 =
+ * as fast as reading the weights once), and "bound" says which one limits
+ * the step on this machine: memory when its compute in cache is at least a
+ * quarter faster than reading the weights, else compute. On a machine with
+ * more cores per memory channel the same code moves towards memory-bound.
+ *
  * Usage: bench_mask [repeats=5]; OMP_NUM_THREADS sets the threads.
  */
 #include <math.h>
@@ -181,7 +189,11 @@ int main(int argc, char **argv) {
   printf("baseline: streaming copy of %zu MiB: %.2f GB/s (read+write)\n", copy_bytes >> 20, copy_gbs);
   printf("context: read-only pass over the %zu MiB of weights: %.2f GB/s, ratio %.3f (the ceiling of one read)\n",
          max_n * sizeof *w >> 20, read_gbs, read_gbs / copy_gbs);
-  printf("%-24s %-12s %10s %12s %10s %8s\n", "step", "layer", "ms", "ms/Mweight", "GB/s", "ratio");
+  /* the cache-resident layer: the same 4096 columns, 1024 rows (16 MiB: the last-level cache of a small server) */
+  size_t cache_rows = 1024;
+  double read_ms_mw = 4.0 / read_gbs; /* 4 bytes per weight: ms per million weights */
+  printf("%-24s %-12s %10s %12s %10s %8s %10s %14s %8s\n", "step", "layer", "ms", "ms/Mweight", "GB/s", "ratio",
+         "read/step", "in-cache ms/Mw", "bound");
   for (int si = 0; si < 2; si++) {
     size_t rows = shapes[si][0], cols = shapes[si][1], n = rows * cols;
     for (int k = 0; k < RUN_KINDS; k++) {
@@ -193,8 +205,11 @@ int main(int argc, char **argv) {
       double gbs = bytes / t / 1e9;
       char shape[32];
       snprintf(shape, sizeof shape, "%zux%zu", rows, cols);
-      printf("%-24s %-12s %10.2f %12.3f %10.2f %8.3f\n", kind_name[k], shape, 1e3 * t, 1e3 * t / ((double)n / 1e6),
-             gbs, gbs / copy_gbs);
+      double ms_mw = 1e3 * t / ((double)n / 1e6);
+      double tc = time_kind((run_kind)k, w, xsq, cache_rows, cols, mask, 10 * repeats);
+      double cache_ms_mw = 1e3 * tc / ((double)(cache_rows * cols) / 1e6);
+      printf("%-24s %-12s %10.2f %12.3f %10.2f %8.3f %10.3f %14.3f %8s\n", kind_name[k], shape, 1e3 * t, ms_mw, gbs,
+             gbs / copy_gbs, read_ms_mw / ms_mw, cache_ms_mw, cache_ms_mw < 0.75 * read_ms_mw ? "memory" : "compute");
     }
   }
   free(w);
