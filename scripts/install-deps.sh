@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libprotobuf-dev
-  liblmdb-dev lmdb-utils libopenblas-dev libcjson-dev libcurl4-openssl-dev libpcre2-dev
+  liblmdb-dev lmdb-utils libopenblas-dev libopenblas-openmp-dev libcjson-dev libcurl4-openssl-dev libpcre2-dev
   python3 python3-grpcio python3-protobuf python3-numpy python3-torch python3-yaml
   valgrind nodejs chromium
 )
