@@ -15,8 +15,9 @@
  * ceiling of a step that reads them once (below 1 where writes stream as
  * fast as reads).
  *
- * Bound: each step is also timed on a layer that stays in the cache (128
- * rows per thread, repeated), which is its compute alone. "read/step" is
+ * Bound: each step is also timed on a layer that stays in the last-level
+ * cache (1024 x 4096, 16 MiB, repeated): its compute, with no wait on
+ * memory (a smaller layer would time the fixed cost of a call). "read/step" is
  * the read-only pass's time over the step's time on the big layer (1 =
  * as fast as reading the weights once), and "bound" says which one limits
  * the step on this machine: memory when its compute in cache is at least a
