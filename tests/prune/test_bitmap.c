@@ -10,11 +10,8 @@
 #include "bitmap.h"
 #include "prune_error.h"
 
-static uint64_t rng_state = 99;
-static uint32_t rnd(void) {
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return (uint32_t)(rng_state >> 33);
-}
+#define TEST_RNG_SEED 99
+#include "test_rng.h"
 
 static void test_counts(void) {
   size_t n = 64 * 50 + 37;

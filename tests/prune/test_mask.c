@@ -15,13 +15,8 @@
 #include "mask.h"
 #include "prune_error.h"
 
-static uint64_t rng_state = 777;
-static uint32_t rnd(void) {
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return (uint32_t)(rng_state >> 33);
-}
-static double unif(void) { return (rnd() + 0.5) / 2147483648.0; }
-static double gauss(void) { return sqrt(-2 * log(unif())) * cos(6.283185307179586 * unif()); }
+#define TEST_RNG_SEED 777
+#include "test_rng.h"
 
 typedef struct {
   float score;

@@ -41,13 +41,8 @@
 #include "select.h"
 #include "stats.h"
 
-static uint64_t rng_state = 4242;
-static uint32_t rnd(void) {
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return (uint32_t)(rng_state >> 33);
-}
-static double unif(void) { return (rnd() + 0.5) / 2147483648.0; }
-static double gauss(void) { return sqrt(-2 * log(unif())) * cos(6.283185307179586 * unif()); }
+#define TEST_RNG_SEED 4242
+#include "test_rng.h"
 
 enum {
   ROW_GAUSS,     /* Gaussian weights */

@@ -10,12 +10,8 @@
 #include "prune_error.h"
 #include "select.h"
 
-static uint64_t rng_state = 12345;
-static uint32_t rnd(void) {
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return (uint32_t)(rng_state >> 33);
-}
-static double unif(void) { return (rnd() + 0.5) / 2147483648.0; }
+#define TEST_RNG_SEED 12345
+#include "test_rng.h"
 
 static int cmp_f(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
