@@ -7,24 +7,31 @@
  * once. Two implementations give bit-identical masks:
  *
  *   AVX2 (mask_simd.c, chosen at run time; APK_CPU_SIMD=0 turns it off):
- *   1. 32-64 keys sampled from fixed columns of the row's weights, sorted
- *      by a bitonic network in registers, give two pivots around rank k
- *      (Floyd-Rivest, 1.5 standard deviations) and two outer ones.
+ *   1. A predicted bracket around the row's threshold. Within a layer the
+ *      rows differ mostly in scale, so the threshold key minus the log of
+ *      the row's mean |w| (its scale) changes little from row to row: the
+ *      rows this thread has done give that offset and how far the guess
+ *      tends to miss (the bracket's half-width, three mean misses, about
+ *      3% of the row for Gaussian rows). The scale of a row is read while
+ *      the row before it is worked on.
  *   2. One pass over the weights computes every key (|w| * norm, the same
- *      single rounding as the scalar code) into an L1-sized buffer, counts
- *      the keys below the low pivot and compacts those between the pivots
- *      (a permute from a 256-entry table per 8 keys), and checks for NaN.
- *   3. The same sample-and-compact rounds shrink the candidates (about a
- *      fifth of the row, then a fifth to a third each round) to 64 keys or
- *      fewer, then sorted. A bracket that misses rank k is redone into the
- *      outer one on the right side, then into everything on that side
- *      (exact); heavy duplicates hand over to introselect, and a bracket of
- *      one value ends the search.
- *   4. One vector pass marks key < t, then the first `quota` keys equal to
- *      t in column order (the tie rule of the reference).
- *   Pruned weights get the largest key, so they are never candidates. The
- *   next row's weights are prefetched a few lines at a time in every step,
- *   so the memory stream runs while the row is worked on in cache.
+ *      single rounding as the scalar code) and compares it with both ends
+ *      of the bracket: per 64 columns, a word of the keys below it (kept
+ *      for the marking) and the columns of the few inside it; it also reads
+ *      the next row's scale, prefetches the row after that, and checks for
+ *      NaN. No key is stored.
+ *   3. When rank k lies inside (about 97% of Gaussian rows), an exact
+ *      select among the candidates (sampled rounds, then a sorting network)
+ *      gives t, and the marking needs nothing else: the words below, the
+ *      candidates below t, and the first `quota` equal to t in column order
+ *      (the tie rule of the reference).
+ *   4. Otherwise (the first row a thread does, short rows, a miss): the
+ *      keys of the row go to an L1-sized buffer, the same sampled rounds
+ *      select on all of them (Floyd-Rivest brackets; a miss is redone into
+ *      an outer bracket, heavy duplicates hand over to introselect), and a
+ *      vector pass marks key < t and the ties. Exact whatever the
+ *      prediction; it only costs time.
+ *   Pruned weights get the largest key, so they are never candidates.
  *
  *   Scalar (the reference, select_row_scalar): keys, a histogram of their
  *   top 12 bits, the bin holding rank k, an exact select inside it, and the
@@ -275,13 +282,6 @@ int ap_prune_use_simd(int impl) {
 
 int ap_mask_impl_available(ap_mask_impl impl) { return ap_prune_use_simd(impl) >= 0; }
 
-/*
- * The SIMD path prefetches the weights of the row this many rows ahead,
- * spread over the work on the current row (1 measured best: later rows only
- * crowd the cache).
- */
-#define PREFETCH_ROWS 1
-
 /* Rows per scheduled task: whole blocks, ~64 rows, so a thread streams through consecutive rows. */
 static size_t rows_per_task(size_t block) { return block >= 64 ? block : (64 / block) * block; }
 
@@ -295,7 +295,7 @@ typedef struct {
  * *over is incremented when the row already exceeds k.
  */
 static int mask_one_row(const float *wrow, const float *norms, size_t cols, size_t k, uint64_t *mask, size_t pos,
-                        const float *ahead, int simd, rows_ws *ws, size_t *over) {
+                        size_t ahead, int simd, rows_ws *ws, size_t *over) {
   size_t pruned = simd ? ap_simd_count_range(mask, pos, pos + cols) : ap_bitmap_count_range(mask, pos, pos + cols);
   if (pruned >= k) {
     *over += pruned > k;
@@ -338,8 +338,8 @@ int ap_mask_rows_impl(const float *w, const double *xsq, size_t rows, size_t col
       if (!ok) continue;
       size_t r_end = (ti + 1) * task < rows ? (ti + 1) * task : rows;
       for (size_t r = ti * task; r < r_end; r++) {
-        const float *ahead = r + PREFETCH_ROWS < r_end ? w + (r + PREFETCH_ROWS) * cols : NULL;
-        int e = mask_one_row(w + r * cols, norms, cols, k, mask, r * cols, ahead, simd, &ws, &over);
+        /* the rows after this one in the task: the SIMD kernel reads the next while it works on this one */
+        int e = mask_one_row(w + r * cols, norms, cols, k, mask, r * cols, r_end - r - 1, simd, &ws, &over);
         if (e < err) err = e;
       }
     }

@@ -19,19 +19,22 @@
 #include "score.h"
 #include "select.h"
 
-static void first_sample_positions(ap_simd_row_ws *ws, size_t cols);
-
 int ap_simd_row_ws_init(ap_simd_row_ws *ws, size_t cols) {
   /* +8: slack (the vector stores of a pass stay below the count of its input) */
   size_t n = cols + 8;
   /* 64-byte aligned (whole cache lines), so the vector stores to keys never split a line */
   size_t bytes = (n * sizeof(uint32_t) + 63) & ~(size_t)63;
-  ws->s1 = 0;
+  size_t wbytes = ((cols / 64 + 1) * sizeof(uint64_t) + 63) & ~(size_t)63;
+  memset(ws, 0, sizeof *ws);
   ws->keys = aligned_alloc(64, bytes);
   ws->a = aligned_alloc(64, bytes);
   ws->b = aligned_alloc(64, bytes);
-  if (!ws->keys || !ws->a || !ws->b) return AP_PRUNE_ENOMEM;
-  first_sample_positions(ws, cols);
+  ws->ck = aligned_alloc(64, bytes);
+  ws->ci = aligned_alloc(64, bytes);
+  ws->bw = aligned_alloc(64, wbytes);
+  ws->ones = aligned_alloc(64, bytes);
+  if (!ws->keys || !ws->a || !ws->b || !ws->ck || !ws->ci || !ws->bw || !ws->ones) return AP_PRUNE_ENOMEM;
+  for (size_t j = 0; j < cols; j++) ws->ones[j] = 1.0f;
   return AP_PRUNE_OK;
 }
 
@@ -39,7 +42,11 @@ void ap_simd_row_ws_free(ap_simd_row_ws *ws) {
   free(ws->keys);
   free(ws->a);
   free(ws->b);
-  ws->keys = ws->a = ws->b = NULL;
+  free(ws->ck);
+  free(ws->ci);
+  free(ws->bw);
+  free(ws->ones);
+  memset(ws, 0, sizeof *ws);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -99,22 +106,6 @@ typedef struct {
 
 AVX2_INLINE void pf_lines(pf_cursor *pf, unsigned n) {
   for (; n && pf->p < pf->end; n--, pf->p += 64) _mm_prefetch(pf->p, _MM_HINT_T0);
-}
-
-/*
- * The first round's sample positions of a row of `cols`: stratified, one
- * pseudo-random column in each of s equal slices, the same for every row
- * (a fixed seed keeps masks and timings reproducible; the answer is exact
- * whatever the sample).
- */
-static void first_sample_positions(ap_simd_row_ws *ws, size_t cols) {
-  ws->s1 = cols >= 1024 ? 64 : 32;
-  uint64_t x = 0x9E3779B97F4A7C15ull ^ cols;
-  for (size_t i = 0; i < ws->s1; i++) {
-    size_t lo = i * cols / ws->s1, span = (i + 1) * cols / ws->s1 - lo;
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    ws->pos1[i] = (uint32_t)(lo + (size_t)(((x >> 32) * (uint64_t)span) >> 32));
-  }
 }
 
 /*
@@ -277,24 +268,41 @@ AVX2_INLINE uint32_t hmax_epu32(__m256i v) {
 }
 
 /*
- * The first pass over a row, from memory: keys of w into keys[0..cols)
- * (pruned weights as AP_SIMD_PRUNED_KEY), the count of keys below lo into
- * *below and the keys in [lo, hi] compacted into out; returns how many.
+ * The scale of a row: the sum of its |w| (pruned weights too: every row of
+ * a layer has the same share pruned, so they shift every row's scale
+ * alike). The threshold predictor works relative to its log. FP32 lanes,
+ * summed in double: the predictor needs a few digits, not all.
+ */
+AVX2 static double row_scale(const float *w, size_t cols) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+  size_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    acc0 = _mm256_add_ps(acc0, _mm256_and_ps(_mm256_loadu_ps(w + j), absm));
+    acc1 = _mm256_add_ps(acc1, _mm256_and_ps(_mm256_loadu_ps(w + j + 8), absm));
+  }
+  float lane[8];
+  _mm256_storeu_ps(lane, _mm256_add_ps(acc0, acc1));
+  double sum = 0;
+  for (int i = 0; i < 8; i++) sum += lane[i];
+  for (; j < cols; j++) sum += fabsf(w[j]);
+  return sum;
+}
+
+/*
+ * The pass of the selection when no prediction is at hand, from memory:
+ * keys of w into keys[0..cols) (pruned weights as AP_SIMD_PRUNED_KEY).
  * *nan = 1 when a surviving weight scores NaN. The score is the scalar
  * path's, fabsf(w) * norm with one rounding (the sign cleared by a mask).
- * A quarter of the row ahead is prefetched alongside. c <= j at every store, so out
- * needs no slack.
+ * Half of the next row is prefetched alongside.
  */
-AVX2_INLINE size_t keys_bracket_impl(const float *w, const float *norms, size_t cols, const uint64_t *mask,
-                                     size_t pos, int has_pruned, uint32_t lo, uint32_t hi, uint32_t *keys,
-                                     uint32_t *out, size_t *below, int *nan, pf_cursor *pf) {
+AVX2_INLINE void keys_pass_impl(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
+                                int has_pruned, uint32_t *keys, int *nan, pf_cursor *pf) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
-  const __m256i vlo1 = _mm256_set1_epi32((int)lo - 1), vhi = _mm256_set1_epi32((int)hi);
   /* NaN test: the unsigned maximum of the surviving keys is above +inf only
    * for a NaN, of either sign (inf * 0 gives the default NaN, sign bit set) */
-  __m256i vmax = _mm256_setzero_si256(), ge_cnt = _mm256_setzero_si256();
-  size_t c = 0, b_tail = 0, vec = 0;
+  __m256i vmax = _mm256_setzero_si256();
   int nan_tail = 0;
   for (size_t c0 = 0; c0 < cols; c0 += 64) {
     unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
@@ -314,31 +322,180 @@ AVX2_INLINE size_t keys_bracket_impl(const float *w, const float *norms, size_t 
         vmax = _mm256_max_epu32(vmax, k);
       }
       _mm256_storeu_si256((__m256i *)(void *)(keys + j), k);
-      ge_cnt = bracket8(k, vlo1, vhi, ge_cnt, out, &c);
     }
-    vec += end8 - c0;
     for (; j < c0 + nb; j++, bits >>= 1) {
       uint32_t k = ap_score_bits(norms ? fabsf(w[j]) * norms[j] : fabsf(w[j]));
       if (bits & 1) k = AP_SIMD_PRUNED_KEY;
       else nan_tail |= k > AP_SCORE_INF_KEY;
       keys[j] = k;
-      b_tail += k < lo;
-      out[c] = k;
-      c += (k >= lo) & (k <= hi);
     }
   }
   *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
-  *below = vec - hsum_epi32(ge_cnt) + b_tail;
+}
+
+AVX2 static void keys_pass(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
+                           int has_pruned, uint32_t *keys, int *nan, pf_cursor *pf) {
+  /* separate instances so the common dense row carries no mask work */
+  if (has_pruned) keys_pass_impl(w, norms, cols, mask, pos, 1, keys, nan, pf);
+  else if (norms) keys_pass_impl(w, norms, cols, mask, pos, 0, keys, nan, pf);
+  else keys_pass_impl(w, NULL, cols, mask, pos, 0, keys, nan, pf);
+}
+
+/*
+ * 32 lane masks (4 registers of compare results, -1 or 0 per key) as the
+ * bits of one word, bit i = key i: two saturating packs, a
+ * permute that undoes their per-half interleave, one byte movemask. Fewer
+ * instructions than a movemask, shift and OR per register.
+ */
+AVX2_INLINE uint32_t lanes32_to_bits(__m256i m0, __m256i m1, __m256i m2, __m256i m3) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(m0, m1), _mm256_packs_epi32(m2, m3));
+  return (uint32_t)_mm256_movemask_epi8(_mm256_permutevar8x32_epi32(b, order));
+}
+
+/*
+ * Appends to ci the columns c0 + i of the set bits i of `in`, in order, and
+ * returns how many. Four unconditional steps take the usual two or three (a
+ * branch per group of keys would miss its prediction every few groups); ci
+ * has slack for the steps past the count.
+ */
+AVX2_INLINE size_t take_columns(uint64_t in, size_t c0, uint32_t *ci) {
+  size_t cnt = (size_t)__builtin_popcountll(in);
+  uint64_t x = in;
+  for (int u = 0; u < 4; u++, x &= x - 1) ci[u] = (uint32_t)(c0 + (size_t)__builtin_ctzll(x | (1ull << 63)));
+  for (size_t u = 4; u < cnt; u++, x &= x - 1) ci[u] = (uint32_t)(c0 + (size_t)__builtin_ctzll(x));
+  return cnt;
+}
+
+/*
+ * The selection's one pass over a row, from memory, with a predicted
+ * bracket [lo, hi] (hi below AP_SIMD_PRUNED_KEY): computes each key
+ * (fabsf(w) * norm, the scalar path's rounding; pruned weights above the
+ * bracket) and compares it with both ends. bw[i] gets the bits of the keys
+ * below lo in word i of the row (64 columns from 64 * i), *below their
+ * count; the columns of the keys inside go to ci in column order; returns
+ * how many. *nan = 1 when a surviving weight scores NaN. With `ahead` (the
+ * next row, of cols weights) it also reads that row and returns its
+ * row_scale in *ahead_scale: the next call's prediction is then ready, and
+ * the next row is on its way into the cache while this one is worked on.
+ */
+AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
+                              int has_pruned, uint32_t lo, uint32_t hi, uint64_t *bw, uint32_t *ci,
+                              size_t *below, int *nan, const float *ahead, double *ahead_scale, pf_cursor *pf) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
+  const __m256i vlo = _mm256_set1_epi32((int)lo), vhi = _mm256_set1_epi32((int)hi);
+  __m256i vmax = _mm256_setzero_si256();
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  double scale = 0;
+  size_t c = 0, nbelow = 0;
+  int nan_tail = 0;
+  for (size_t c0 = 0, wi = 0; c0 < cols; c0 += 64, wi++) {
+    unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
+    uint64_t bits = has_pruned ? ap_bitmap_load_bits(mask, pos + c0, nb) : 0, ltw = 0, gtw = 0;
+    size_t j = c0;
+    pf_lines(pf, 4); /* as fast as this pass moves: the row after next arrives in time */
+    if (nb == 64) {
+      /* two halves of 32 keys: their compare results fit in registers */
+      for (int h = 0; h < 2; h++) {
+        __m256i lt[4], gt[4];
+        __m256 ah[4];
+        for (int i = 0; i < 4; i++, j += 8) {
+          __m256i k = _mm256_castps_si256(_mm256_mul_ps(_mm256_and_ps(_mm256_loadu_ps(w + j), absm),
+                                                        _mm256_loadu_ps(norms + j)));
+          if (has_pruned) {
+            __m256i p = lanes_of_bits((unsigned)(bits >> (32 * h + 8 * i)) & 0xffu);
+            vmax = _mm256_max_epu32(vmax, _mm256_andnot_si256(p, k));
+            k = _mm256_blendv_epi8(k, pk, p);
+          } else {
+            vmax = _mm256_max_epu32(vmax, k);
+          }
+          lt[i] = _mm256_cmpgt_epi32(vlo, k);
+          gt[i] = _mm256_cmpgt_epi32(k, vhi);
+          if (ahead) ah[i] = _mm256_and_ps(_mm256_loadu_ps(ahead + j), absm);
+        }
+        ltw |= (uint64_t)lanes32_to_bits(lt[0], lt[1], lt[2], lt[3]) << (32 * h);
+        gtw |= (uint64_t)lanes32_to_bits(gt[0], gt[1], gt[2], gt[3]) << (32 * h);
+        /* a tree, then one add per half into its own sum: no long chain of dependent adds */
+        if (ahead)
+          acc[h] = _mm256_add_ps(acc[h], _mm256_add_ps(_mm256_add_ps(ah[0], ah[1]), _mm256_add_ps(ah[2], ah[3])));
+      }
+    } else { /* the row's last, partial word */
+      for (unsigned i = 0; i < nb; i++, j++) {
+        uint32_t k = ap_score_bits(fabsf(w[j]) * norms[j]);
+        if ((bits >> i) & 1) k = AP_SIMD_PRUNED_KEY;
+        else nan_tail |= k > AP_SCORE_INF_KEY;
+        ltw |= (uint64_t)(k < lo) << i;
+        gtw |= (uint64_t)(k > hi) << i;
+        if (ahead) scale += fabsf(ahead[j]);
+      }
+    }
+    uint64_t in = ~(ltw | gtw);
+    if (nb < 64) in &= ((uint64_t)1 << nb) - 1;
+    bw[wi] = ltw;
+    nbelow += (size_t)__builtin_popcountll(ltw);
+    c += take_columns(in, c0, ci + c);
+  }
+  *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
+  *below = nbelow;
+  if (ahead) {
+    float lane[8];
+    _mm256_storeu_ps(lane, _mm256_add_ps(acc[0], acc[1]));
+    for (int i = 0; i < 8; i++) scale += lane[i];
+    *ahead_scale = scale;
+  }
   return c;
 }
 
-AVX2 static size_t keys_bracket(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
-                                int has_pruned, uint32_t lo, uint32_t hi, uint32_t *keys, uint32_t *out,
-                                size_t *below, int *nan, pf_cursor *pf) {
+AVX2 static size_t fused_pass(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
+                              int has_pruned, uint32_t lo, uint32_t hi, uint64_t *bw, uint32_t *ci, size_t *below,
+                              int *nan, const float *ahead, double *ahead_scale, pf_cursor *pf) {
   /* separate instances so the common dense row carries no mask work */
-  if (has_pruned) return keys_bracket_impl(w, norms, cols, mask, pos, 1, lo, hi, keys, out, below, nan, pf);
-  if (norms) return keys_bracket_impl(w, norms, cols, mask, pos, 0, lo, hi, keys, out, below, nan, pf);
-  return keys_bracket_impl(w, NULL, cols, mask, pos, 0, lo, hi, keys, out, below, nan, pf);
+  if (has_pruned && ahead)
+    return fused_impl(w, norms, cols, mask, pos, 1, lo, hi, bw, ci, below, nan, ahead, ahead_scale, pf);
+  if (has_pruned) return fused_impl(w, norms, cols, mask, pos, 1, lo, hi, bw, ci, below, nan, NULL, ahead_scale, pf);
+  if (ahead) return fused_impl(w, norms, cols, mask, pos, 0, lo, hi, bw, ci, below, nan, ahead, ahead_scale, pf);
+  return fused_impl(w, norms, cols, mask, pos, 0, lo, hi, bw, ci, below, nan, NULL, ahead_scale, pf);
+}
+
+/*
+ * Marks the row from fused_pass's output, with t the answer (inside the
+ * bracket) and ck[i] the key of column ci[i]: the keys below the bracket,
+ * the candidates below t, and the first `quota` candidates equal to t in
+ * column order (every key equal to t is a candidate; pruned keys are never
+ * below the bracket or inside it). acc (2 * (cols / 64 + 1) words) is
+ * scratch: even and odd candidates set their bits in separate copies of
+ * the row's words, so two in a row in one word do not wait on each other's
+ * store.
+ */
+AVX2 static void mark_record(const uint64_t *bw, size_t cols, const uint32_t *ck, const uint32_t *ci, size_t c,
+                             uint32_t t, size_t quota, size_t equal, uint64_t *acc, uint64_t *mask, size_t pos) {
+  size_t nw = (cols + 63) / 64;
+  uint64_t *acc1 = acc + nw;
+  memset(acc, 0, 2 * nw * sizeof *acc);
+  /* all ties, or none, is the usual case: one compare per candidate, no chain through the quota */
+  uint32_t lim = quota == equal ? t + 1 : t; /* t is below AP_SIMD_PRUNED_KEY: no overflow */
+  size_t i = 0;
+  for (; i + 2 <= c; i += 2) {
+    acc[ci[i] >> 6] |= (uint64_t)(ck[i] < lim) << (ci[i] & 63);
+    acc1[ci[i + 1] >> 6] |= (uint64_t)(ck[i + 1] < lim) << (ci[i + 1] & 63);
+  }
+  if (i < c) acc[ci[i] >> 6] |= (uint64_t)(ck[i] < lim) << (ci[i] & 63);
+  if (quota != equal) /* the first `quota` ties, in column order */
+    for (i = 0; i < c && quota; i++)
+      if (ck[i] == t) {
+        acc[ci[i] >> 6] |= (uint64_t)1 << (ci[i] & 63);
+        quota--;
+      }
+  if (!(pos & 63)) { /* the row starts on a word: whole words, no shifts */
+    uint64_t *mw = mask + (pos >> 6);
+    size_t wi = 0;
+    for (; wi < cols / 64; wi++) mw[wi] |= bw[wi] | acc[wi] | acc1[wi];
+    if (cols & 63) ap_bitmap_or_bits(mask, pos + 64 * wi, bw[wi] | acc[wi] | acc1[wi], (unsigned)(cols & 63));
+    return;
+  }
+  for (size_t c0 = 0, wi = 0; c0 < cols; c0 += 64, wi++)
+    ap_bitmap_or_bits(mask, pos + c0, bw[wi] | acc[wi] | acc1[wi], cols - c0 < 64 ? (unsigned)(cols - c0) : 64);
 }
 
 /* The same bracket pass over keys already computed (in may not alias out). */
@@ -537,39 +694,100 @@ AVX2 static size_t count_range(const uint64_t *m, size_t begin, size_t end) {
 
 size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end) { return count_range(m, begin, end); }
 
-int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
-                     uint64_t *mask, size_t pos, const float *ahead, ap_simd_row_ws *ws) {
-  size_t r = need - 1, less, equal, below, c;
-  bracket bk = {0, AP_SIMD_PRUNED_KEY, 0, AP_SIMD_PRUNED_KEY};
-  uint32_t t;
-  int nan;
-  if (cols > 32) {
-    /* the sample comes from the weights, so the first pass can bracket as it computes the keys */
-    uint32_t sample[64];
-    for (size_t i = 0; i < ws->s1; i++) {
-      size_t j = ws->pos1[i];
-      uint32_t k = ap_score_bits(norms ? fabsf(wrow[j]) * norms[j] : fabsf(wrow[j]));
-      sample[i] = pruned && ap_bitmap_get(mask, pos + j) ? AP_SIMD_PRUNED_KEY : k;
-    }
-    bk = sample_bracket(sample, ws->s1, r, cols);
+/*
+ * The threshold predictor. Within a layer the rows' scores differ mostly in
+ * scale, which shifts every key of a row by about the same amount, so the
+ * threshold key minus 2^23 * log2 of the row's mean |w| (row_scale)
+ * changes little from row to row: the rows already done predict it, and the
+ * miss of that guess sets the bracket's half-width. A bracket that misses
+ * only costs time: the row then takes the sampled selection on its keys.
+ */
+#define PREDICT_MIN_COLS 256    /* shorter rows: the sampled selection is as cheap */
+#define PREDICT_DEV0 1048576.0  /* first guess of the miss: 1/8 of an octave */
+#define PREDICT_HALF_MIN 4096.0 /* the narrowest half-width, about 0.03% of a score */
+#define PREDICT_SPREAD 3.0      /* half-width in mean misses */
+
+/* Learns from a row whose threshold key minus mean log |w| was off; miss = its bracket missed. */
+static void predict_learn(ap_simd_row_ws *ws, double off, int miss) {
+  if (!ws->seen++) {
+    ws->off = off;
+    ws->dev = PREDICT_DEV0;
+    return;
   }
+  double e = fabs(off - ws->off);
+  ws->off += 0.25 * (off - ws->off);
+  ws->dev = miss ? (2.0 * ws->dev > e ? 2.0 * ws->dev : e) : 0.75 * ws->dev + 0.25 * e;
+}
+
+/* A key in [0, AP_SIMD_PRUNED_KEY - 1] nearest to x. */
+static uint32_t key_clamp(double x) {
+  if (!(x > 0.0)) return 0;
+  if (x >= (double)(AP_SIMD_PRUNED_KEY - 1)) return AP_SIMD_PRUNED_KEY - 1;
+  return (uint32_t)x;
+}
+
+/* A cursor that prefetches row `row` (cols weights), or nothing for NULL. */
+static pf_cursor pf_row(const float *row, size_t cols) {
   pf_cursor pf = {NULL, NULL};
-  if (ahead) {
-    pf.p = (const char *)((uintptr_t)ahead & ~(uintptr_t)63);
-    pf.end = (const char *)(ahead + cols);
+  if (row) {
+    pf.p = (const char *)((uintptr_t)row & ~(uintptr_t)63);
+    pf.end = (const char *)(row + cols);
   }
-  c = keys_bracket(wrow, norms, cols, mask, pos, pruned > 0, bk.lo, bk.hi, ws->keys, ws->a, &below, &nan, &pf);
+  return pf;
+}
+
+int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
+                     uint64_t *mask, size_t pos, size_t rows_ahead, ap_simd_row_ws *ws) {
+  const float *ahead = rows_ahead ? wrow + cols : NULL;
+  size_t r = need - 1, less, equal;
+  int nan, miss = 0, predict = cols >= PREDICT_MIN_COLS;
+  double mean = 0;
+  uint32_t t;
+  if (predict) {
+    /* the scale comes from the previous row's pass when it read this row ahead */
+    double scale = ws->next_row == wrow ? ws->next_scale : row_scale(wrow, cols);
+    /* in key units: a key is nearly 2^23 * log2 of its score (plus a constant the offset absorbs) */
+    mean = 8388608.0 * log2(scale / (double)cols);
+    predict = isfinite(mean); /* not for a row of zeros (or a NaN one, which the pass reports) */
+  }
+  ws->next_row = NULL;
+  if (predict && ws->seen) {
+    double center = mean + ws->off, half = PREDICT_SPREAD * ws->dev + PREDICT_HALF_MIN;
+    uint32_t lo = key_clamp(center - half), hi = key_clamp(center + half);
+    size_t below;
+    double next_scale = 0;
+    pf_cursor pf2 = pf_row(rows_ahead >= 2 ? wrow + 2 * cols : NULL, cols);
+    size_t c = fused_pass(wrow, norms ? norms : ws->ones, cols, mask, pos, pruned > 0, lo, hi, ws->bw, ws->ci,
+                          &below, &nan, ahead, &next_scale, &pf2);
+    if (nan) return AP_PRUNE_ENAN;
+    if (ahead) {
+      ws->next_row = ahead;
+      ws->next_scale = next_scale;
+    }
+    if (below <= r && r < below + c) {
+      for (size_t i = 0; i < c; i++) {
+        size_t j = ws->ci[i];
+        ws->ck[i] = ap_score_bits(norms ? fabsf(wrow[j]) * norms[j] : fabsf(wrow[j]));
+      }
+      pf_cursor none = {NULL, NULL};
+      t = select_rounds(ws->ck, c, r - below, ws->a, ws->b, &less, &equal, &none);
+      /* the selection is done with a: it is the marking's scratch */
+      mark_record(ws->bw, cols, ws->ck, ws->ci, c, t, need - below - less, equal, (uint64_t *)(void *)ws->a, mask,
+                  pos);
+      ws->hits++;
+      predict_learn(ws, (double)t - mean, 0);
+      return AP_PRUNE_OK;
+    }
+    ws->misses++;
+    miss = 1;
+    ahead = NULL; /* already read */
+  }
+  pf_cursor pf = pf_row(ahead, cols);
+  keys_pass(wrow, norms, cols, mask, pos, pruned > 0, ws->keys, &nan, &pf);
   if (nan) return AP_PRUNE_ENAN;
-  c = bracket_retry(ws->keys, cols, r, &bk, ws->a, &below, c, &pf);
-  if (bk.lo == bk.hi) { /* every key inside equals the answer */
-    t = bk.lo;
-    less = below;
-    equal = c;
-  } else {
-    t = select_rounds(ws->a, c, r - below, ws->a, ws->b, &less, &equal, &pf);
-    less += below;
-  }
+  t = select_rounds(ws->keys, cols, r, ws->a, ws->b, &less, &equal, &pf);
   mark_row(ws->keys, cols, t, need - less, equal, mask, pos, &pf);
+  if (predict) predict_learn(ws, (double)t - mean, miss);
   return AP_PRUNE_OK;
 }
 
@@ -1044,15 +1262,14 @@ int ap_mask_nm_row_avx2(const float *wrow, const float *norms, size_t cols8, uns
   return 0;
 }
 
-static void first_sample_positions(ap_simd_row_ws *ws, size_t cols) { (void)ws, (void)cols; }
 
 size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end) { return ap_bitmap_count_range(m, begin, end); }
 
 int ap_mask_simd_available(void) { return 0; }
 
 int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
-                     uint64_t *mask, size_t pos, const float *ahead, ap_simd_row_ws *ws) {
-  (void)wrow, (void)norms, (void)cols, (void)pruned, (void)need, (void)mask, (void)pos, (void)ahead, (void)ws;
+                     uint64_t *mask, size_t pos, size_t rows_ahead, ap_simd_row_ws *ws) {
+  (void)wrow, (void)norms, (void)cols, (void)pruned, (void)need, (void)mask, (void)pos, (void)rows_ahead, (void)ws;
   return AP_PRUNE_EINVAL;
 }
 

@@ -35,14 +35,27 @@ int ap_mask_simd_available(void);
  */
 int ap_prune_use_simd(int impl);
 
-/* Scratch of one thread for ap_mask_row_avx2: three buffers of cols keys (+8), the first sample's columns. */
+/*
+ * Scratch of one thread for ap_mask_row_avx2, and the threshold predictor it
+ * learns over the rows this thread masks in one call (see mask_simd.c).
+ */
 typedef struct {
-  uint32_t *keys, *a, *b;
-  size_t s1;         /* first-round sample size (32 or 64) */
-  uint32_t pos1[64]; /* its columns, the same for every row */
+  uint32_t *keys, *a, *b; /* cols + 8 keys each: the row's keys, selection ping-pong */
+  uint32_t *ck, *ci;      /* cols + 8 each: candidates inside the predicted bracket: keys, columns */
+  uint64_t *bw;           /* cols / 64 + 1 words: per word of the row, its keys below the bracket */
+  float *ones;            /* cols norms of 1 (magnitude scores through the Wanda pass) */
+  size_t seen;            /* rows learned from (0: no prediction yet) */
+  double off, dev;        /* threshold key - 2^23 log2 of the row's mean |w|, and the mean miss of that guess */
+  const float *next_row;  /* the row whose scale the last pass read ahead (NULL: none) */
+  double next_scale;      /* its row_scale */
+  size_t hits, misses;    /* rows whose predicted bracket held the threshold, or not (tests, tuning) */
 } ap_simd_row_ws;
 
-/* Allocates / frees the scratch. init returns AP_PRUNE_OK or AP_PRUNE_ENOMEM (free is then still safe). */
+/*
+ * Allocates / frees the scratch; init also resets the predictor (one call
+ * of ap_mask_rows masks one layer: what it learns is that layer's).
+ * init returns AP_PRUNE_OK or AP_PRUNE_ENOMEM (free is then still safe).
+ */
 int ap_simd_row_ws_init(ap_simd_row_ws *ws, size_t cols);
 void ap_simd_row_ws_free(ap_simd_row_ws *ws);
 
@@ -59,14 +72,16 @@ size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end);
 /*
  * One row of ap_mask_rows: prunes the `need` lowest-key surviving weights of
  * wrow[0..cols) (mask bits pos..pos+cols, `pruned` of them set on entry,
- * 0 < need < cols - pruned). norms NULL = magnitude. ahead, when not
- * NULL, is a row (of cols weights) the caller handles soon: it is
- * prefetched while this row is read, so the memory stream does not stall.
- * Returns AP_PRUNE_OK, or AP_PRUNE_ENAN (a surviving weight scores NaN; the
- * row is left unchanged).
+ * 0 < need < cols - pruned). norms NULL = magnitude. ahead: how many rows
+ * of cols weights follow wrow in memory that the caller handles next, in
+ * order, with the same ws: the kernel reads the next one and prefetches
+ * the one after while it works on this row (a stream the memory keeps up
+ * with), and the next call then finds its row's scale ready. Returns
+ * AP_PRUNE_OK, or AP_PRUNE_ENAN (a surviving weight scores NaN; the row
+ * is left unchanged).
  */
 int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t pruned, size_t need,
-                     uint64_t *mask, size_t pos, const float *ahead, ap_simd_row_ws *ws);
+                     uint64_t *mask, size_t pos, size_t ahead, ap_simd_row_ws *ws);
 
 /*
  * The selection and marking of ap_mask_layer (k = the rank, among the

@@ -22,6 +22,9 @@
  * matrix for layers of 2^16 weights and more): the same comparison, with
  * widths whose words wrap rows, ties, masks, NaN and targets at the ends.
  *
+ * The row kernel's threshold predictor on its own: rows that differ in
+ * scale mostly take the predicted path; misses stay exact.
+ *
  * Percentile (ap_stats_score_percentile_impl, the profile's s = p10, whose
  * AVX2 path takes both neighbouring order statistics from the layer pass):
  * the same value bit for bit as the radix path, and both equal to numpy's
@@ -516,6 +519,66 @@ static void test_impl_errors(void) {
   CHECK(m[0] == 0);
 }
 
+/*
+ * The row kernel's threshold predictor (mask_simd.c), called as ap_mask_rows
+ * calls it. Rows that differ in scale, as the rows of a weight matrix do,
+ * must mostly take the predicted one-pass path: a test that fails when the
+ * fast path silently stops being taken. Rows of another shape in between, a
+ * row of zeros and calls with no row ahead make it miss; every row must
+ * still equal the scalar reference, also when an existing mask grows.
+ */
+static void predictor_case(size_t rows, size_t cols, int mixed, size_t *hits, size_t *misses, int *bad) {
+  size_t n = rows * cols;
+  float *w = malloc(n * sizeof *w), *norms = malloc(cols * sizeof *norms);
+  double *xsq = malloc(cols * sizeof *xsq);
+  for (size_t r = 0; r < rows; r++) {
+    double scale = 0.02 * exp(0.7 * gauss());
+    int kind = mixed && r % 5 == 3 ? ROW_GAP : mixed && r == 7 ? ROW_ZEROS : ROW_GAUSS;
+    for (size_t j = 0; j < cols; j++) {
+      w[r * cols + j] = kind == ROW_GAUSS ? (float)(scale * gauss()) : row_value(kind, j, cols);
+      if (mixed && r == 7) w[r * cols + j] = 0.0f;
+    }
+  }
+  for (size_t j = 0; j < cols; j++) xsq[j] = exp(2 * gauss()) * (rnd() % 50 ? 1.0 : 1e4);
+  CHECK_EQ_INT(ap_score_norms(xsq, cols, norms), AP_PRUNE_OK);
+  uint64_t *ms = ap_bitmap_alloc(n), *mv = ap_bitmap_alloc(n);
+  ap_simd_row_ws ws;
+  CHECK_EQ_INT(ap_simd_row_ws_init(&ws, cols), AP_PRUNE_OK);
+  const double targets[] = {0.5, 0.7}; /* then grow the mask: rows with weights pruned already */
+  for (int ti = 0; ti < 2; ti++) {
+    size_t k = ap_mask_count_target(cols, targets[ti]);
+    if (ap_mask_rows_impl(w, xsq, rows, cols, targets[ti], ms, NULL, AP_MASK_IMPL_SCALAR) != AP_PRUNE_OK) (*bad)++;
+    for (size_t r = 0; r < rows; r++) {
+      size_t pruned = ap_bitmap_count_range(mv, r * cols, (r + 1) * cols);
+      size_t ahead = mixed && r % 4 == 0 ? 0 : rows - r - 1;
+      if (ap_mask_row_avx2(w + r * cols, norms, cols, pruned, k - pruned, mv, r * cols, ahead, &ws) != AP_PRUNE_OK)
+        (*bad)++;
+    }
+    if (memcmp(ms, mv, ap_bitmap_bytes(n)) != 0) (*bad)++;
+  }
+  *hits += ws.hits;
+  *misses += ws.misses;
+  ap_simd_row_ws_free(&ws);
+  free(w);
+  free(norms);
+  free(xsq);
+  free(ms);
+  free(mv);
+}
+
+static void test_predictor(void) {
+  size_t hits = 0, misses = 0;
+  int bad = 0;
+  predictor_case(200, 4096, 0, &hits, &misses, &bad);
+  /* 400 rows in two calls on one scratch: the first learns, the rest should mostly be predicted */
+  CHECKF(hits >= 360, "predicted rows: %zu hits, %zu misses of 400", hits, misses);
+  size_t h2 = 0, m2 = 0;
+  predictor_case(120, 1100, 1, &h2, &m2, &bad);
+  predictor_case(60, 257, 1, &h2, &m2, &bad);
+  CHECKF(m2 > 0 && h2 > 0, "mixed rows should both hit and miss: %zu hits, %zu misses", h2, m2);
+  CHECKF(bad == 0, "%d predictor runs differ from the scalar path", bad);
+}
+
 int main(void) {
   test_impl_errors();
   if (!ap_mask_impl_available(AP_MASK_IMPL_SIMD)) {
@@ -527,6 +590,7 @@ int main(void) {
   test_widths();
   test_kinds();
   test_many_rows();
+  test_predictor();
   test_incremental();
   test_nan();
   test_threads();
