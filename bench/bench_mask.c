@@ -24,6 +24,12 @@
  * quarter faster than reading the weights, else compute. On a machine with
  * more cores per memory channel the same code moves towards memory-bound.
  *
+ * Floor: the first line times the cheapest possible per-row mask step, one
+ * pass that scores each weight, compares it with a threshold known in
+ * advance and writes the mask bits; "step/floor" is each step's time over
+ * the floor's on the same layer, so what finding the threshold adds to
+ * streaming, scoring and marking (1 = nothing).
+ *
  * Usage: bench_mask [repeats=5]; OMP_NUM_THREADS sets the threads.
  */
 #include <math.h>
@@ -125,7 +131,40 @@ static double read_bandwidth(const float *a, size_t n, int repeats) {
   return 64.0 * (double)nv / best / 1e9;
 }
 
+/*
+ * The floor of any per-row mask step: one pass that scores every weight,
+ * compares it with a threshold already known and ORs the bits into the
+ * mask (cols a multiple of 64). A selection that is bound by moving the
+ * data, not by finding the threshold, runs near it; it needs AVX2, as the
+ * kernels it is the yardstick of.
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static void floor_rows(const float *w, const float *norms, size_t rows, size_t cols,
+                                                       float t, uint64_t *mask) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), vt = _mm256_set1_ps(t);
+#pragma omp parallel for schedule(static)
+  for (size_t r = 0; r < rows; r++) {
+    const float *wr = w + r * cols;
+    uint64_t *mw = mask + r * cols / 64;
+    for (size_t c0 = 0; c0 < cols; c0 += 64) {
+      uint64_t bits = 0;
+      for (size_t i = 0; i < 8; i++) {
+        __m256 sc = _mm256_mul_ps(_mm256_and_ps(_mm256_loadu_ps(wr + c0 + 8 * i), absm),
+                                  _mm256_loadu_ps(norms + c0 + 8 * i));
+        bits |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(sc, vt, _CMP_LT_OQ)) << (8 * i);
+      }
+      mw[c0 / 64] |= bits;
+    }
+  }
+}
+#define HAVE_FLOOR 1
+#else
+#define HAVE_FLOOR 0
+#endif
+
 typedef enum {
+  RUN_FLOOR,
   RUN_WANDA50,
   RUN_WANDA50_SCALAR,
   RUN_WANDA_24,
@@ -136,9 +175,18 @@ typedef enum {
   RUN_P10_SCALAR,
   RUN_KINDS
 } run_kind;
-static const char *kind_name[] = {"wanda unstructured 50%", "  (scalar)", "wanda 2:4",        "  (scalar)",
+static const char *kind_name[] = {"floor: threshold known", "wanda unstructured 50%", "  (scalar)", "wanda 2:4",        "  (scalar)",
                                   "magnitude layer 50%",    "  (scalar)", "p10 statistic (s)",
                                   "  (scalar)"};
+
+/* The floor's inputs: the Wanda norms of the run and a threshold near the median score. */
+static float floor_norms[4096], floor_t;
+static int have_floor;
+
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
 
 static double time_kind(run_kind kind, const float *w, const double *xsq, size_t rows, size_t cols, uint64_t *mask,
                         int repeats) {
@@ -150,6 +198,11 @@ static double time_kind(run_kind kind, const float *w, const double *xsq, size_t
     double s, t0 = now();
     ap_layer_ref l = {w, xsq, NULL, rows, cols};
     switch (kind) {
+    case RUN_FLOOR:
+#if HAVE_FLOOR
+      floor_rows(w, floor_norms, rows, cols, floor_t, mask);
+#endif
+      break;
     case RUN_WANDA50: rc = ap_mask_rows(w, xsq, rows, cols, 0.5, mask, NULL); break;
     case RUN_WANDA50_SCALAR: rc = ap_mask_rows_impl(w, xsq, rows, cols, 0.5, mask, NULL, AP_MASK_IMPL_SCALAR); break;
     case RUN_WANDA_24: rc = ap_mask_nm(w, xsq, rows, cols, 2, 4, mask, NULL); break;
@@ -164,7 +217,7 @@ static double time_kind(run_kind kind, const float *w, const double *xsq, size_t
     if (rc) { fprintf(stderr, "bench_mask: %s\n", ap_prune_strerror(rc)); exit(1); }
     if (t < best) best = t;
   }
-  if (kind != RUN_P10 && kind != RUN_P10_SCALAR && ap_bitmap_count(mask, n) != n / 2) {
+  if (kind != RUN_P10 && kind != RUN_P10_SCALAR && kind != RUN_FLOOR && ap_bitmap_count(mask, n) != n / 2) {
     fprintf(stderr, "bench_mask: %s pruned %zu of %zu\n", kind_name[kind], ap_bitmap_count(mask, n), n);
     exit(1);
   }
@@ -182,6 +235,15 @@ int main(int argc, char **argv) {
   if (!w || !xsq || !mask) { fprintf(stderr, "bench_mask: out of memory\n"); return 1; }
   for (size_t i = 0; i < max_n; i++) w[i] = (float)(0.02 * gauss());
   for (size_t j = 0; j < 4096; j++) xsq[j] = 65536.0 * exp(1.6 * gauss()) * (unif() < 0.01 ? 2500.0 : 1.0);
+#if HAVE_FLOOR
+  have_floor = __builtin_cpu_supports("avx2") && ap_score_norms(xsq, 4096, floor_norms) == AP_PRUNE_OK;
+  if (have_floor) {
+    float sc[4096];
+    for (size_t j = 0; j < 4096; j++) sc[j] = fabsf(w[j]) * floor_norms[j];
+    qsort(sc, 4096, sizeof *sc, cmp_float);
+    floor_t = sc[2048];
+  }
+#endif
 
   size_t copy_bytes = (size_t)512 << 20;
   double copy_gbs = copy_bandwidth(copy_bytes, repeats);
@@ -196,14 +258,17 @@ int main(int argc, char **argv) {
   /* both big shapes have the same columns: one cache-resident timing per step serves both */
   double cache_ms_mw[RUN_KINDS];
   for (int k = 0; k < RUN_KINDS; k++) {
+    if (k == RUN_FLOOR && !have_floor) continue;
     double tc = time_kind((run_kind)k, w, xsq, cache_rows, shapes[0][1], mask, 10 * repeats);
     cache_ms_mw[k] = 1e3 * tc / ((double)(cache_rows * shapes[0][1]) / 1e6);
   }
-  printf("%-24s %-12s %10s %12s %10s %8s %10s %14s %8s\n", "step", "layer", "ms", "ms/Mweight", "GB/s", "ratio",
-         "read/step", "in-cache ms/Mw", "bound");
+  printf("%-24s %-12s %10s %12s %10s %8s %10s %14s %8s %11s\n", "step", "layer", "ms", "ms/Mweight", "GB/s", "ratio",
+         "read/step", "in-cache ms/Mw", "bound", "step/floor");
   for (int si = 0; si < 2; si++) {
     size_t rows = shapes[si][0], cols = shapes[si][1], n = rows * cols;
+    double floor_ms = 0;
     for (int k = 0; k < RUN_KINDS; k++) {
+      if (k == RUN_FLOOR && !have_floor) continue;
       double t = time_kind((run_kind)k, w, xsq, rows, cols, mask, repeats);
       /* weights read once; mask bits read (counting) and written. The
        * scalar layer scope and statistic read the weights several times,
@@ -214,9 +279,10 @@ int main(int argc, char **argv) {
       char shape[32];
       snprintf(shape, sizeof shape, "%zux%zu", rows, cols);
       double ms_mw = 1e3 * t / ((double)n / 1e6);
-      printf("%-24s %-12s %10.2f %12.3f %10.2f %8.3f %10.3f %14.3f %8s\n", kind_name[k], shape, 1e3 * t, ms_mw, gbs,
-             gbs / copy_gbs, read_ms_mw / ms_mw, cache_ms_mw[k],
-             cache_ms_mw[k] < 0.75 * read_ms_mw ? "memory" : "compute");
+      if (k == RUN_FLOOR) floor_ms = 1e3 * t;
+      printf("%-24s %-12s %10.2f %12.3f %10.2f %8.3f %10.3f %14.3f %8s %11.2f\n", kind_name[k], shape, 1e3 * t, ms_mw,
+             gbs, gbs / copy_gbs, read_ms_mw / ms_mw, cache_ms_mw[k],
+             cache_ms_mw[k] < 0.75 * read_ms_mw ? "memory" : "compute", floor_ms > 0 ? 1e3 * t / floor_ms : 0.0);
     }
   }
   free(w);
