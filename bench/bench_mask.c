@@ -175,9 +175,9 @@ typedef enum {
   RUN_P10_SCALAR,
   RUN_KINDS
 } run_kind;
-static const char *kind_name[] = {"floor: threshold known", "wanda unstructured 50%", "  (scalar)", "wanda 2:4",        "  (scalar)",
-                                  "magnitude layer 50%",    "  (scalar)", "p10 statistic (s)",
-                                  "  (scalar)"};
+static const char *kind_name[] = {"floor: threshold known", "wanda unstructured 50%", "  (scalar)",
+                                  "wanda 2:4",              "  (scalar)",             "magnitude layer 50%",
+                                  "  (scalar)",             "p10 statistic (s)",      "  (scalar)"};
 
 /* The floor's inputs: the Wanda norms of the run and a threshold near the median score. */
 static float floor_norms[4096], floor_t;

@@ -25,12 +25,14 @@
  *      gives t, and the marking needs nothing else: the words below, the
  *      candidates below t, and the first `quota` equal to t in column order
  *      (the tie rule of the reference).
- *   4. Otherwise (the first row a thread does, short rows, a miss): the
- *      keys of the row go to an L1-sized buffer, the same sampled rounds
- *      select on all of them (Floyd-Rivest brackets; a miss is redone into
- *      an outer bracket, heavy duplicates hand over to introselect), and a
- *      vector pass marks key < t and the ties. Exact whatever the
- *      prediction; it only costs time.
+ *   4. Otherwise (the first row a thread does, short rows, a miss, rows
+ *      where the predictor has backed off after misses or brackets that
+ *      held much of the row): the keys of the row go to an L1-sized
+ *      buffer, the same sampled rounds select on all of them (Floyd-Rivest
+ *      brackets; a miss is redone into an outer bracket, heavy duplicates
+ *      hand over to introselect), and a vector pass marks key < t and the
+ *      ties. The pass also sums |w|, so the predictor learns from these
+ *      rows too. Exact whatever the prediction; it only costs time.
  *   Pruned weights get the largest key, so they are never candidates.
  *
  *   Scalar (the reference, select_row_scalar): keys, a histogram of their

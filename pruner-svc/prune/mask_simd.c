@@ -296,13 +296,15 @@ AVX2 static double row_scale(const float *w, size_t cols) {
  * path's, fabsf(w) * norm with one rounding (the sign cleared by a mask).
  * Half of the next row is prefetched alongside.
  */
-AVX2_INLINE void keys_pass_impl(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
-                                int has_pruned, uint32_t *keys, int *nan, pf_cursor *pf) {
+AVX2_INLINE double keys_pass_impl(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
+                                  int has_pruned, uint32_t *keys, int *nan, pf_cursor *pf) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
   /* NaN test: the unsigned maximum of the surviving keys is above +inf only
    * for a NaN, of either sign (inf * 0 gives the default NaN, sign bit set) */
   __m256i vmax = _mm256_setzero_si256();
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* two sums: no chain of dependent adds */
+  double sum = 0;
   int nan_tail = 0;
   for (size_t c0 = 0; c0 < cols; c0 += 64) {
     unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
@@ -311,6 +313,7 @@ AVX2_INLINE void keys_pass_impl(const float *w, const float *norms, size_t cols,
     pf_lines(pf, 2);
     for (; j < end8; j += 8) {
       __m256 a = _mm256_and_ps(_mm256_loadu_ps(w + j), absm);
+      acc[(j >> 3) & 1] = _mm256_add_ps(acc[(j >> 3) & 1], a);
       if (norms) a = _mm256_mul_ps(a, _mm256_loadu_ps(norms + j));
       __m256i k = _mm256_castps_si256(a);
       if (has_pruned) {
@@ -324,6 +327,7 @@ AVX2_INLINE void keys_pass_impl(const float *w, const float *norms, size_t cols,
       _mm256_storeu_si256((__m256i *)(void *)(keys + j), k);
     }
     for (; j < c0 + nb; j++, bits >>= 1) {
+      sum += fabsf(w[j]);
       uint32_t k = ap_score_bits(norms ? fabsf(w[j]) * norms[j] : fabsf(w[j]));
       if (bits & 1) k = AP_SIMD_PRUNED_KEY;
       else nan_tail |= k > AP_SCORE_INF_KEY;
@@ -331,14 +335,19 @@ AVX2_INLINE void keys_pass_impl(const float *w, const float *norms, size_t cols,
     }
   }
   *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
+  float lane[8];
+  _mm256_storeu_ps(lane, _mm256_add_ps(acc[0], acc[1]));
+  for (int i = 0; i < 8; i++) sum += lane[i];
+  return sum;
 }
 
-AVX2 static void keys_pass(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
-                           int has_pruned, uint32_t *keys, int *nan, pf_cursor *pf) {
+/* Also returns the row's row_scale (its sum of |w|), for the predictor to learn from. */
+AVX2 static double keys_pass(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
+                             int has_pruned, uint32_t *keys, int *nan, pf_cursor *pf) {
   /* separate instances so the common dense row carries no mask work */
-  if (has_pruned) keys_pass_impl(w, norms, cols, mask, pos, 1, keys, nan, pf);
-  else if (norms) keys_pass_impl(w, norms, cols, mask, pos, 0, keys, nan, pf);
-  else keys_pass_impl(w, NULL, cols, mask, pos, 0, keys, nan, pf);
+  if (has_pruned) return keys_pass_impl(w, norms, cols, mask, pos, 1, keys, nan, pf);
+  if (norms) return keys_pass_impl(w, norms, cols, mask, pos, 0, keys, nan, pf);
+  return keys_pass_impl(w, NULL, cols, mask, pos, 0, keys, nan, pf);
 }
 
 /*
@@ -701,11 +710,16 @@ size_t ap_simd_count_range(const uint64_t *m, size_t begin, size_t end) { return
  * changes little from row to row: the rows already done predict it, and the
  * miss of that guess sets the bracket's half-width. A bracket that misses
  * only costs time: the row then takes the sampled selection on its keys.
+ * Rows that keep missing, or whose brackets grow to hold most of the row
+ * (no common shape), turn the predictor off for a growing number of rows,
+ * so such a layer costs little more than the sampled selection alone.
  */
 #define PREDICT_MIN_COLS 256    /* shorter rows: the sampled selection is as cheap */
 #define PREDICT_DEV0 1048576.0  /* first guess of the miss: 1/8 of an octave */
 #define PREDICT_HALF_MIN 4096.0 /* the narrowest half-width, about 0.03% of a score */
 #define PREDICT_SPREAD 3.0      /* half-width in mean misses */
+#define PREDICT_STREAK 2        /* misses (or brackets over 1/8 of the row) in a row before it backs off */
+#define PREDICT_WARMUP 8        /* rows before a wide bracket counts as one */
 
 /* Learns from a row whose threshold key minus mean log |w| was off; miss = its bracket missed. */
 static void predict_learn(ap_simd_row_ws *ws, double off, int miss) {
@@ -740,9 +754,14 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
                      uint64_t *mask, size_t pos, size_t rows_ahead, ap_simd_row_ws *ws) {
   const float *ahead = rows_ahead ? wrow + cols : NULL;
   size_t r = need - 1, less, equal;
-  int nan, miss = 0, predict = cols >= PREDICT_MIN_COLS;
-  double mean = 0;
+  /* learn: rows long enough for the predictor; predict: also a bracket to try on this row */
+  int nan, miss = 0, learn = cols >= PREDICT_MIN_COLS, predict = learn && ws->seen;
+  double mean = NAN;
   uint32_t t;
+  if (predict && ws->skip) { /* rows that keep missing: back off (the fallback still learns) */
+    ws->skip--;
+    predict = 0;
+  }
   if (predict) {
     /* the scale comes from the previous row's pass when it read this row ahead */
     double scale = ws->next_row == wrow ? ws->next_scale : row_scale(wrow, cols);
@@ -751,7 +770,7 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
     predict = isfinite(mean); /* not for a row of zeros (or a NaN one, which the pass reports) */
   }
   ws->next_row = NULL;
-  if (predict && ws->seen) {
+  if (predict) {
     double center = mean + ws->off, half = PREDICT_SPREAD * ws->dev + PREDICT_HALF_MIN;
     uint32_t lo = key_clamp(center - half), hi = key_clamp(center + half);
     size_t below;
@@ -776,18 +795,25 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
                   pos);
       ws->hits++;
       predict_learn(ws, (double)t - mean, 0);
+      /* a bracket that holds much of the row saves little (the first ones are wide on purpose) */
+      if (c <= cols / 8 || ws->seen <= PREDICT_WARMUP) ws->streak = 0;
+      else if (++ws->streak >= PREDICT_STREAK)
+        ws->skip = (size_t)1 << (ws->streak < 7 ? ws->streak : 7);
       return AP_PRUNE_OK;
     }
     ws->misses++;
     miss = 1;
+    if (++ws->streak >= PREDICT_STREAK) /* skip 4, 8, ... 128 rows */
+      ws->skip = (size_t)1 << (ws->streak < 7 ? ws->streak : 7);
     ahead = NULL; /* already read */
   }
   pf_cursor pf = pf_row(ahead, cols);
-  keys_pass(wrow, norms, cols, mask, pos, pruned > 0, ws->keys, &nan, &pf);
+  double scale = keys_pass(wrow, norms, cols, mask, pos, pruned > 0, ws->keys, &nan, &pf);
   if (nan) return AP_PRUNE_ENAN;
   t = select_rounds(ws->keys, cols, r, ws->a, ws->b, &less, &equal, &pf);
   mark_row(ws->keys, cols, t, need - less, equal, mask, pos, &pf);
-  if (predict) predict_learn(ws, (double)t - mean, miss);
+  if (learn && !miss) mean = 8388608.0 * log2(scale / (double)cols);
+  if (learn && isfinite(mean)) predict_learn(ws, (double)t - mean, miss);
   return AP_PRUNE_OK;
 }
 

@@ -49,6 +49,7 @@ typedef struct {
   const float *next_row;  /* the row whose scale the last pass read ahead (NULL: none) */
   double next_scale;      /* its row_scale */
   size_t hits, misses;    /* rows whose predicted bracket held the threshold, or not (tests, tuning) */
+  size_t streak, skip;    /* misses in a row; rows left before the next prediction */
 } ap_simd_row_ws;
 
 /*

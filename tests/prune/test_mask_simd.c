@@ -527,16 +527,19 @@ static void test_impl_errors(void) {
  * row of zeros and calls with no row ahead make it miss; every row must
  * still equal the scalar reference, also when an existing mask grows.
  */
+/* mixed: 1 = a few odd rows, 2 = every other row of another shape (no one offset fits both) */
 static void predictor_case(size_t rows, size_t cols, int mixed, size_t *hits, size_t *misses, int *bad) {
   size_t n = rows * cols;
   float *w = malloc(n * sizeof *w), *norms = malloc(cols * sizeof *norms);
   double *xsq = malloc(cols * sizeof *xsq);
   for (size_t r = 0; r < rows; r++) {
     double scale = 0.02 * exp(0.7 * gauss());
-    int kind = mixed && r % 5 == 3 ? ROW_GAP : mixed && r == 7 ? ROW_ZEROS : ROW_GAUSS;
+    int kind = mixed == 1 && r % 5 == 3 ? ROW_GAP : mixed == 1 && r == 7 ? ROW_ZEROS : ROW_GAUSS;
     for (size_t j = 0; j < cols; j++) {
       w[r * cols + j] = kind == ROW_GAUSS ? (float)(scale * gauss()) : row_value(kind, j, cols);
-      if (mixed && r == 7) w[r * cols + j] = 0.0f;
+      if (mixed == 1 && r == 7) w[r * cols + j] = 0.0f;
+      /* odd rows with a few huge weights: their mean |w| says nothing of their median */
+      if (mixed == 2 && r % 2 && rnd() % 50 == 0) w[r * cols + j] *= 1e4f;
     }
   }
   for (size_t j = 0; j < cols; j++) xsq[j] = exp(2 * gauss()) * (rnd() % 50 ? 1.0 : 1e4);
@@ -571,11 +574,16 @@ static void test_predictor(void) {
   int bad = 0;
   predictor_case(200, 4096, 0, &hits, &misses, &bad);
   /* 400 rows in two calls on one scratch: the first learns, the rest should mostly be predicted */
-  CHECKF(hits >= 360, "predicted rows: %zu hits, %zu misses of 400", hits, misses);
+  CHECKF(hits >= 340, "predicted rows: %zu hits, %zu misses of 400", hits, misses);
   size_t h2 = 0, m2 = 0;
   predictor_case(120, 1100, 1, &h2, &m2, &bad);
   predictor_case(60, 257, 1, &h2, &m2, &bad);
   CHECKF(m2 > 0 && h2 > 0, "mixed rows should both hit and miss: %zu hits, %zu misses", h2, m2);
+  /* rows of two alternating shapes: the predictor must back off, not miss or bracket most of every row */
+  size_t h3 = 0, m3 = 0;
+  predictor_case(300, 1024, 2, &h3, &m3, &bad);
+  CHECKF(h3 + m3 < 100, "alternating rows: %zu predicted of 600 (%zu missed), the predictor did not back off", h3 + m3,
+         m3);
   CHECKF(bad == 0, "%d predictor runs differ from the scalar path", bad);
 }
 
