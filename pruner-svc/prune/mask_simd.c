@@ -303,17 +303,19 @@ AVX2_INLINE double keys_pass_impl(const float *w, const float *norms, size_t col
   /* NaN test: the unsigned maximum of the surviving keys is above +inf only
    * for a NaN, of either sign (inf * 0 gives the default NaN, sign bit set) */
   __m256i vmax = _mm256_setzero_si256();
-  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* two sums: no chain of dependent adds */
+  /* per 64 columns a sum of their |w|, added to the row's: no long chain of dependent adds */
+  __m256 acc = _mm256_setzero_ps();
   double sum = 0;
   int nan_tail = 0;
   for (size_t c0 = 0; c0 < cols; c0 += 64) {
     unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
     uint64_t bits = has_pruned ? ap_bitmap_load_bits(mask, pos + c0, nb) : 0;
     size_t j = c0, end8 = c0 + (nb & ~7u);
+    __m256 part = _mm256_setzero_ps();
     pf_lines(pf, 2);
     for (; j < end8; j += 8) {
       __m256 a = _mm256_and_ps(_mm256_loadu_ps(w + j), absm);
-      acc[(j >> 3) & 1] = _mm256_add_ps(acc[(j >> 3) & 1], a);
+      part = _mm256_add_ps(part, a);
       if (norms) a = _mm256_mul_ps(a, _mm256_loadu_ps(norms + j));
       __m256i k = _mm256_castps_si256(a);
       if (has_pruned) {
@@ -326,6 +328,7 @@ AVX2_INLINE double keys_pass_impl(const float *w, const float *norms, size_t col
       }
       _mm256_storeu_si256((__m256i *)(void *)(keys + j), k);
     }
+    acc = _mm256_add_ps(acc, part);
     for (; j < c0 + nb; j++, bits >>= 1) {
       sum += fabsf(w[j]);
       uint32_t k = ap_score_bits(norms ? fabsf(w[j]) * norms[j] : fabsf(w[j]));
@@ -336,7 +339,7 @@ AVX2_INLINE double keys_pass_impl(const float *w, const float *norms, size_t col
   }
   *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
   float lane[8];
-  _mm256_storeu_ps(lane, _mm256_add_ps(acc[0], acc[1]));
+  _mm256_storeu_ps(lane, acc);
   for (int i = 0; i < 8; i++) sum += lane[i];
   return sum;
 }
