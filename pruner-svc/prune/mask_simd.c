@@ -386,22 +386,22 @@ AVX2_INLINE size_t take_columns(uint64_t in, size_t c0, uint32_t *ci) {
  * bracket) and compares it with both ends. bw[i] gets the bits of the keys
  * below lo in word i of the row (64 columns from 64 * i), *below their
  * count; the columns of the keys inside go to ci in column order; returns
- * how many. *nan = 1 when a surviving weight scores NaN. With `ahead` (the
+ * how many. No score can be NaN here: the caller takes this pass only for
+ * a row whose sum of |w| is finite (no NaN or infinite weight) with finite
+ * norms, so a NaN (NaN * x, inf * 0) cannot arise. With `ahead` (the
  * next row, of cols weights) it also reads that row and returns its
  * row_scale in *ahead_scale: the next call's prediction is then ready, and
  * the next row is on its way into the cache while this one is worked on.
  */
 AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
                               int has_pruned, uint32_t lo, uint32_t hi, uint64_t *bw, uint32_t *ci,
-                              size_t *below, int *nan, const float *ahead, double *ahead_scale, pf_cursor *pf) {
+                              size_t *below, const float *ahead, double *ahead_scale, pf_cursor *pf) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i pk = _mm256_set1_epi32((int)AP_SIMD_PRUNED_KEY);
   const __m256i vlo = _mm256_set1_epi32((int)lo), vhi = _mm256_set1_epi32((int)hi);
-  __m256i vmax = _mm256_setzero_si256();
   __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
   double scale = 0;
   size_t c = 0, nbelow = 0;
-  int nan_tail = 0;
   for (size_t c0 = 0, wi = 0; c0 < cols; c0 += 64, wi++) {
     unsigned nb = cols - c0 < 64 ? (unsigned)(cols - c0) : 64;
     uint64_t bits = has_pruned ? ap_bitmap_load_bits(mask, pos + c0, nb) : 0, ltw = 0, gtw = 0;
@@ -415,13 +415,7 @@ AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, c
         for (int i = 0; i < 4; i++, j += 8) {
           __m256i k = _mm256_castps_si256(_mm256_mul_ps(_mm256_and_ps(_mm256_loadu_ps(w + j), absm),
                                                         _mm256_loadu_ps(norms + j)));
-          if (has_pruned) {
-            __m256i p = lanes_of_bits((unsigned)(bits >> (32 * h + 8 * i)) & 0xffu);
-            vmax = _mm256_max_epu32(vmax, _mm256_andnot_si256(p, k));
-            k = _mm256_blendv_epi8(k, pk, p);
-          } else {
-            vmax = _mm256_max_epu32(vmax, k);
-          }
+          if (has_pruned) k = _mm256_blendv_epi8(k, pk, lanes_of_bits((unsigned)(bits >> (32 * h + 8 * i)) & 0xffu));
           lt[i] = _mm256_cmpgt_epi32(vlo, k);
           gt[i] = _mm256_cmpgt_epi32(k, vhi);
           if (ahead) ah[i] = _mm256_and_ps(_mm256_loadu_ps(ahead + j), absm);
@@ -436,7 +430,6 @@ AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, c
       for (unsigned i = 0; i < nb; i++, j++) {
         uint32_t k = ap_score_bits(fabsf(w[j]) * norms[j]);
         if ((bits >> i) & 1) k = AP_SIMD_PRUNED_KEY;
-        else nan_tail |= k > AP_SCORE_INF_KEY;
         ltw |= (uint64_t)(k < lo) << i;
         gtw |= (uint64_t)(k > hi) << i;
         if (ahead) scale += fabsf(ahead[j]);
@@ -448,7 +441,6 @@ AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, c
     nbelow += (size_t)__builtin_popcountll(ltw);
     c += take_columns(in, c0, ci + c);
   }
-  *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
   *below = nbelow;
   if (ahead) {
     float lane[8];
@@ -461,13 +453,13 @@ AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, c
 
 AVX2 static size_t fused_pass(const float *w, const float *norms, size_t cols, const uint64_t *mask, size_t pos,
                               int has_pruned, uint32_t lo, uint32_t hi, uint64_t *bw, uint32_t *ci, size_t *below,
-                              int *nan, const float *ahead, double *ahead_scale, pf_cursor *pf) {
+                              const float *ahead, double *ahead_scale, pf_cursor *pf) {
   /* separate instances so the common dense row carries no mask work */
   if (has_pruned && ahead)
-    return fused_impl(w, norms, cols, mask, pos, 1, lo, hi, bw, ci, below, nan, ahead, ahead_scale, pf);
-  if (has_pruned) return fused_impl(w, norms, cols, mask, pos, 1, lo, hi, bw, ci, below, nan, NULL, ahead_scale, pf);
-  if (ahead) return fused_impl(w, norms, cols, mask, pos, 0, lo, hi, bw, ci, below, nan, ahead, ahead_scale, pf);
-  return fused_impl(w, norms, cols, mask, pos, 0, lo, hi, bw, ci, below, nan, NULL, ahead_scale, pf);
+    return fused_impl(w, norms, cols, mask, pos, 1, lo, hi, bw, ci, below, ahead, ahead_scale, pf);
+  if (has_pruned) return fused_impl(w, norms, cols, mask, pos, 1, lo, hi, bw, ci, below, NULL, ahead_scale, pf);
+  if (ahead) return fused_impl(w, norms, cols, mask, pos, 0, lo, hi, bw, ci, below, ahead, ahead_scale, pf);
+  return fused_impl(w, norms, cols, mask, pos, 0, lo, hi, bw, ci, below, NULL, ahead_scale, pf);
 }
 
 /*
@@ -765,12 +757,20 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
     ws->skip--;
     predict = 0;
   }
+  if (predict && (!ws->norms_checked || ws->norms_seen != norms)) { /* once per call: are the norms all finite? */
+    ws->norms_checked = 1;
+    ws->norms_seen = norms;
+    ws->norms_finite = 1;
+    for (size_t j = 0; norms && j < cols; j++) ws->norms_finite &= isfinite(norms[j]) != 0;
+  }
   if (predict) {
     /* the scale comes from the previous row's pass when it read this row ahead */
     double scale = ws->next_row == wrow ? ws->next_scale : row_scale(wrow, cols);
     /* in key units: a key is nearly 2^23 * log2 of its score (plus a constant the offset absorbs) */
     mean = 8388608.0 * log2(scale / (double)cols);
-    predict = isfinite(mean); /* not for a row of zeros (or a NaN one, which the pass reports) */
+    /* a finite sum of |w| (no NaN or infinite weight) and finite norms: no score is NaN, which the
+     * one-pass path relies on; a row of zeros, or any other row, takes the fallback, which checks */
+    predict = isfinite(mean) && ws->norms_finite;
   }
   ws->next_row = NULL;
   if (predict) {
@@ -780,8 +780,7 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
     double next_scale = 0;
     pf_cursor pf2 = pf_row(rows_ahead >= 2 ? wrow + 2 * cols : NULL, cols);
     size_t c = fused_pass(wrow, norms ? norms : ws->ones, cols, mask, pos, pruned > 0, lo, hi, ws->bw, ws->ci,
-                          &below, &nan, ahead, &next_scale, &pf2);
-    if (nan) return AP_PRUNE_ENAN;
+                          &below, ahead, &next_scale, &pf2);
     if (ahead) {
       ws->next_row = ahead;
       ws->next_scale = next_scale;

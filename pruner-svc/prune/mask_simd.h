@@ -50,6 +50,9 @@ typedef struct {
   double next_scale;      /* its row_scale */
   size_t hits, misses;    /* rows whose predicted bracket held the threshold, or not (tests, tuning) */
   size_t streak, skip;    /* misses in a row; rows left before the next prediction */
+  const float *norms_seen; /* the norms last checked for finiteness (NULL: magnitude) */
+  int norms_checked;      /* whether norms_seen holds a checked array */
+  int norms_finite;       /* whether all of its norms are finite */
 } ap_simd_row_ws;
 
 /*

@@ -250,6 +250,29 @@ static void test_nan(void) {
   run_case(&t, 40, 100, 0.5, 1, -1, 0.2, 5);
   run_case(&t, 70, 9, 0.5, 0, -1, 0.0, 4);
   check_tally(&t, "NaN rows");
+  /* an infinite norm: inf * 0 is NaN in the one row with a zero weight there, and inf elsewhere */
+  {
+    size_t rows = 40, cols = 4096, n = rows * cols;
+    float *w = malloc(n * sizeof *w);
+    double *xsq = malloc(cols * sizeof *xsq);
+    for (size_t i = 0; i < n; i++) w[i] = (float)(0.02 * gauss());
+    for (size_t j = 0; j < cols; j++) xsq[j] = exp(2 * gauss());
+    xsq[5] = INFINITY;
+    uint64_t *ms = ap_bitmap_alloc(n), *mv = ap_bitmap_alloc(n);
+    CHECK_EQ_INT(ap_mask_rows_impl(w, xsq, rows, cols, 0.5, ms, NULL, AP_MASK_IMPL_SCALAR), AP_PRUNE_OK);
+    CHECK_EQ_INT(ap_mask_rows_impl(w, xsq, rows, cols, 0.5, mv, NULL, AP_MASK_IMPL_SIMD), AP_PRUNE_OK);
+    CHECK(memcmp(ms, mv, ap_bitmap_bytes(n)) == 0);
+    w[20 * cols + 5] = 0.0f;
+    memset(ms, 0, ap_bitmap_bytes(n));
+    memset(mv, 0, ap_bitmap_bytes(n));
+    CHECK_EQ_INT(ap_mask_rows_impl(w, xsq, rows, cols, 0.5, ms, NULL, AP_MASK_IMPL_SCALAR), AP_PRUNE_ENAN);
+    CHECK_EQ_INT(ap_mask_rows_impl(w, xsq, rows, cols, 0.5, mv, NULL, AP_MASK_IMPL_SIMD), AP_PRUNE_ENAN);
+    CHECK(memcmp(ms, mv, ap_bitmap_bytes(n)) == 0);
+    free(w);
+    free(xsq);
+    free(ms);
+    free(mv);
+  }
   /* a NaN weight in a row that needs no pruning is not an error */
   float w[64];
   for (int i = 0; i < 64; i++) w[i] = (float)i;
@@ -528,7 +551,8 @@ static void test_impl_errors(void) {
  * still equal the scalar reference, also when an existing mask grows.
  */
 /* mixed: 1 = a few odd rows, 2 = every other row of another shape (no one offset fits both) */
-static void predictor_case(size_t rows, size_t cols, int mixed, size_t *hits, size_t *misses, int *bad) {
+static void predictor_case(size_t rows, size_t cols, int mixed, int magnitude, size_t *hits, size_t *misses,
+                           int *bad) {
   size_t n = rows * cols;
   float *w = malloc(n * sizeof *w), *norms = malloc(cols * sizeof *norms);
   double *xsq = malloc(cols * sizeof *xsq);
@@ -550,11 +574,14 @@ static void predictor_case(size_t rows, size_t cols, int mixed, size_t *hits, si
   const double targets[] = {0.5, 0.7}; /* then grow the mask: rows with weights pruned already */
   for (int ti = 0; ti < 2; ti++) {
     size_t k = ap_mask_count_target(cols, targets[ti]);
-    if (ap_mask_rows_impl(w, xsq, rows, cols, targets[ti], ms, NULL, AP_MASK_IMPL_SCALAR) != AP_PRUNE_OK) (*bad)++;
+    if (ap_mask_rows_impl(w, magnitude ? NULL : xsq, rows, cols, targets[ti], ms, NULL, AP_MASK_IMPL_SCALAR) !=
+        AP_PRUNE_OK)
+      (*bad)++;
     for (size_t r = 0; r < rows; r++) {
       size_t pruned = ap_bitmap_count_range(mv, r * cols, (r + 1) * cols);
       size_t ahead = mixed && r % 4 == 0 ? 0 : rows - r - 1;
-      if (ap_mask_row_avx2(w + r * cols, norms, cols, pruned, k - pruned, mv, r * cols, ahead, &ws) != AP_PRUNE_OK)
+      if (ap_mask_row_avx2(w + r * cols, magnitude ? NULL : norms, cols, pruned, k - pruned, mv, r * cols, ahead,
+                           &ws) != AP_PRUNE_OK)
         (*bad)++;
     }
     if (memcmp(ms, mv, ap_bitmap_bytes(n)) != 0) (*bad)++;
@@ -572,16 +599,19 @@ static void predictor_case(size_t rows, size_t cols, int mixed, size_t *hits, si
 static void test_predictor(void) {
   size_t hits = 0, misses = 0;
   int bad = 0;
-  predictor_case(200, 4096, 0, &hits, &misses, &bad);
+  predictor_case(200, 4096, 0, 0, &hits, &misses, &bad);
   /* 400 rows in two calls on one scratch: the first learns, the rest should mostly be predicted */
   CHECKF(hits >= 340, "predicted rows: %zu hits, %zu misses of 400", hits, misses);
+  hits = misses = 0;
+  predictor_case(200, 4096, 0, 1, &hits, &misses, &bad); /* magnitude: no norms */
+  CHECKF(hits >= 340, "predicted magnitude rows: %zu hits, %zu misses of 400", hits, misses);
   size_t h2 = 0, m2 = 0;
-  predictor_case(120, 1100, 1, &h2, &m2, &bad);
-  predictor_case(60, 257, 1, &h2, &m2, &bad);
+  predictor_case(120, 1100, 1, 0, &h2, &m2, &bad);
+  predictor_case(60, 257, 1, 1, &h2, &m2, &bad);
   CHECKF(m2 > 0 && h2 > 0, "mixed rows should both hit and miss: %zu hits, %zu misses", h2, m2);
   /* rows of two alternating shapes: the predictor must back off, not miss or bracket most of every row */
   size_t h3 = 0, m3 = 0;
-  predictor_case(300, 1024, 2, &h3, &m3, &bad);
+  predictor_case(300, 1024, 2, 0, &h3, &m3, &bad);
   CHECKF(h3 + m3 < 100, "alternating rows: %zu predicted of 600 (%zu missed), the predictor did not back off", h3 + m3,
          m3);
   CHECKF(bad == 0, "%d predictor runs differ from the scalar path", bad);
