@@ -18,8 +18,9 @@
  *      single rounding as the scalar code) and compares it with both ends
  *      of the bracket: per 64 columns, a word of the keys below it (kept
  *      for the marking) and the columns of the few inside it; it also reads
- *      the next row's scale, prefetches the row after that, and checks for
- *      NaN. No key is stored.
+ *      the next row's scale and prefetches the row after that. No key is
+ *      stored. Only rows with a finite sum of |w| and finite norms take
+ *      this path: no score can be NaN there (the fallback checks).
  *   3. When rank k lies inside (about 97% of Gaussian rows), an exact
  *      select among the candidates (sampled rounds, then a sorting network)
  *      gives t, and the marking needs nothing else: the words below, the
