@@ -267,6 +267,15 @@ AVX2_INLINE uint32_t hmax_epu32(__m256i v) {
   return (uint32_t)_mm_cvtsi128_si32(s);
 }
 
+/* The sum of the 8 lanes, in double (the row scales below keep their lanes in FP32). */
+AVX2_INLINE double hsum_ps(__m256 v) {
+  float lane[8];
+  _mm256_storeu_ps(lane, v);
+  double sum = 0;
+  for (int i = 0; i < 8; i++) sum += lane[i];
+  return sum;
+}
+
 /*
  * The scale of a row: the sum of its |w| (pruned weights too: every row of
  * a layer has the same share pruned, so they shift every row's scale
@@ -281,10 +290,7 @@ AVX2 static double row_scale(const float *w, size_t cols) {
     acc0 = _mm256_add_ps(acc0, _mm256_and_ps(_mm256_loadu_ps(w + j), absm));
     acc1 = _mm256_add_ps(acc1, _mm256_and_ps(_mm256_loadu_ps(w + j + 8), absm));
   }
-  float lane[8];
-  _mm256_storeu_ps(lane, _mm256_add_ps(acc0, acc1));
-  double sum = 0;
-  for (int i = 0; i < 8; i++) sum += lane[i];
+  double sum = hsum_ps(_mm256_add_ps(acc0, acc1));
   for (; j < cols; j++) sum += fabsf(w[j]);
   return sum;
 }
@@ -338,10 +344,7 @@ AVX2_INLINE double keys_pass_impl(const float *w, const float *norms, size_t col
     }
   }
   *nan = nan_tail || hmax_epu32(vmax) > AP_SCORE_INF_KEY;
-  float lane[8];
-  _mm256_storeu_ps(lane, acc);
-  for (int i = 0; i < 8; i++) sum += lane[i];
-  return sum;
+  return sum + hsum_ps(acc);
 }
 
 /* Also returns the row's row_scale (its sum of |w|), for the predictor to learn from. */
@@ -443,10 +446,7 @@ AVX2_INLINE size_t fused_impl(const float *w, const float *norms, size_t cols, c
   }
   *below = nbelow;
   if (ahead) {
-    float lane[8];
-    _mm256_storeu_ps(lane, _mm256_add_ps(acc[0], acc[1]));
-    for (int i = 0; i < 8; i++) scale += lane[i];
-    *ahead_scale = scale;
+    *ahead_scale = scale + hsum_ps(_mm256_add_ps(acc[0], acc[1]));
   }
   return c;
 }
@@ -728,6 +728,14 @@ static void predict_learn(ap_simd_row_ws *ws, double off, int miss) {
   ws->dev = miss ? (2.0 * ws->dev > e ? 2.0 * ws->dev : e) : 0.75 * ws->dev + 0.25 * e;
 }
 
+/* A row whose bracket missed, or held much of the row: after PREDICT_STREAK in a row, skip 4, 8, ... 128 rows. */
+static void predict_strike(ap_simd_row_ws *ws) {
+  if (++ws->streak >= PREDICT_STREAK) ws->skip = (size_t)1 << (ws->streak < 7 ? ws->streak : 7);
+}
+
+/* A row's scale in key units: a key is nearly 2^23 * log2 of its score (plus a constant the offset absorbs). */
+static double scale_key(double scale, size_t cols) { return 8388608.0 * log2(scale / (double)cols); }
+
 /* A key in [0, AP_SIMD_PRUNED_KEY - 1] nearest to x. */
 static uint32_t key_clamp(double x) {
   if (!(x > 0.0)) return 0;
@@ -766,8 +774,7 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
   if (predict) {
     /* the scale comes from the previous row's pass when it read this row ahead */
     double scale = ws->next_row == wrow ? ws->next_scale : row_scale(wrow, cols);
-    /* in key units: a key is nearly 2^23 * log2 of its score (plus a constant the offset absorbs) */
-    mean = 8388608.0 * log2(scale / (double)cols);
+    mean = scale_key(scale, cols);
     /* a finite sum of |w| (no NaN or infinite weight) and finite norms: no score is NaN, which the
      * one-pass path relies on; a row of zeros, or any other row, takes the fallback, which checks */
     predict = isfinite(mean) && ws->norms_finite;
@@ -799,14 +806,12 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
       predict_learn(ws, (double)t - mean, 0);
       /* a bracket that holds much of the row saves little (the first ones are wide on purpose) */
       if (c <= cols / 8 || ws->seen <= PREDICT_WARMUP) ws->streak = 0;
-      else if (++ws->streak >= PREDICT_STREAK)
-        ws->skip = (size_t)1 << (ws->streak < 7 ? ws->streak : 7);
+      else predict_strike(ws);
       return AP_PRUNE_OK;
     }
     ws->misses++;
     miss = 1;
-    if (++ws->streak >= PREDICT_STREAK) /* skip 4, 8, ... 128 rows */
-      ws->skip = (size_t)1 << (ws->streak < 7 ? ws->streak : 7);
+    predict_strike(ws);
     ahead = NULL; /* already read */
   }
   pf_cursor pf = pf_row(ahead, cols);
@@ -814,7 +819,7 @@ int ap_mask_row_avx2(const float *wrow, const float *norms, size_t cols, size_t 
   if (nan) return AP_PRUNE_ENAN;
   t = select_rounds(ws->keys, cols, r, ws->a, ws->b, &less, &equal, &pf);
   mark_row(ws->keys, cols, t, need - less, equal, mask, pos, &pf);
-  if (learn && !miss) mean = 8388608.0 * log2(scale / (double)cols);
+  if (learn && !miss) mean = scale_key(scale, cols);
   if (learn && isfinite(mean)) predict_learn(ws, (double)t - mean, miss);
   return AP_PRUNE_OK;
 }
